@@ -56,8 +56,21 @@ def start_redis(workdir: Path, extra_args: list[str] | None = None, port: int | 
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     args = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(workdir), "--daemonize", "no", "--logfile", str(workdir / "redis.log"),
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(workdir / "redis.log"),
         *(extra_args or []),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,6 +12,7 @@ import click
 _COMMANDS: dict[str, str] = {
     "db": "autobot.cli.db:db",
     "keys": "autobot.cli.keys:keys",
+    "ops": "autobot.cli.ops:ops",
     "serve": "autobot.cli.serve:serve",
 }
 
@@ -33,4 +34,4 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup)
 @click.version_option(package_name="autobot")
 def main() -> None:
-    """Operate the AutoBot services: database, service keys, serving."""
+    """Operate the AutoBot services: database, service keys, serving, the cluster."""
