@@ -56,8 +56,20 @@ async def test_add_and_read_a_large_file_without_blocking_the_loop(tmp_path: Pat
     record, seen, elapsed = await ticks_during(lambda: manager.add_file("s1", "big.bin", content))
     assert record.file_size == SIZE
     # A blocking implementation shows 0-1 ticks however long it takes; off the loop the ticker keeps going.
-    assert seen >= 5, f"only {seen} ticks in {elapsed * 1000:.0f} ms"
+    # (The threshold is low on purpose: on a loaded machine the worker thread may get little CPU.)
+    assert seen >= 2, f"only {seen} ticks in {elapsed * 1000:.0f} ms"
 
     data, seen, elapsed = await ticks_during(lambda: manager.read_content(record.file_id))
     assert len(data) == SIZE
-    assert seen >= 5, f"only {seen} ticks in {elapsed * 1000:.0f} ms"
+    assert seen >= 2, f"only {seen} ticks in {elapsed * 1000:.0f} ms"
+
+
+async def test_the_operation_yields_to_the_loop_before_it_completes(tmp_path: Path) -> None:
+    """Independent of timing: a blocking implementation finishes within its first step on the loop."""
+    manager = ConversationFileManager(tmp_path / "files.db", tmp_path / "files", max_file_bytes=SIZE)
+    await manager.initialize()
+    task = asyncio.create_task(manager.add_file("s1", "big.bin", b"y" * SIZE))
+    await asyncio.sleep(0)
+    assert not task.done(), "add_file ran to completion without ever yielding to the event loop"
+    record = await task
+    assert record.file_size == SIZE

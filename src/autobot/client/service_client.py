@@ -1,0 +1,233 @@
+"""ServiceClient: the signing HTTP client services use to call each other.
+
+One pooled httpx.AsyncClient per target service. Every attempt is signed afresh (new `created` and nonce) over
+the exact bytes httpx will send: the query string is encoded once here and the signature is computed from the
+built request's `raw_path`, so signer and wire can never disagree. Idempotent methods are retried with
+exponential backoff and jitter (stamina) on connection errors and 502/503/504; other methods never are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+import stamina
+
+from autobot.config import ServiceConfig
+from autobot.security.keyring import Keyring, KeyringError
+from autobot.security.paths import path_problem
+from autobot.security.signing import SIGNING_HEADERS, new_nonce, sign_request
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+# Failures where the request did not complete on the server side in a way an idempotent retry could hurt.
+_RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
+QueryParams = Mapping[str, str | int | float | Sequence[str | int | float]]
+
+
+class ServiceCallError(Exception):
+    """A call to another service failed; the message names target, method and path (never keys)."""
+
+
+class ServiceTimeoutError(ServiceCallError):
+    pass
+
+
+class ServiceUnavailableError(ServiceCallError):
+    """No connection could be made (after the retries allowed for the method)."""
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"status {response.status_code}")
+        self.response = response
+
+
+def encode_query(params: QueryParams | None) -> str:
+    """Encode once, RFC 3986 style (%20 for spaces, everything but unreserved characters escaped)."""
+    if not params:
+        return ""
+    return urlencode(params, doseq=True, quote_via=quote, safe="")
+
+
+class ServiceClient:
+    def __init__(
+        self,
+        service_id: str,
+        keyring: Keyring,
+        peers: Mapping[str, str],
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 2.0,
+        backoff_jitter_s: float = 0.1,
+        max_connections: int = 32,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if keyring.service_id != service_id:
+            raise ValueError(f"keyring belongs to {keyring.service_id!r}, not {service_id!r}")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.service_id = service_id
+        self._keyring = keyring
+        self._peers = {name: url.rstrip("/") for name, url in peers.items()}
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = (backoff_initial_s, backoff_max_s, backoff_jitter_s)
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._clock = clock
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig, **options: Any) -> ServiceClient:
+        """Keys from config.security.keys_dir, peers from config.peers; `options` as for the constructor.
+
+        Raises ServiceCallError (naming the file, never a key) when the keys cannot be loaded."""
+        if config.security is None:
+            raise ServiceCallError(
+                f"{config.service_id}: config has no security section (no keys to sign with)"
+            )
+        try:
+            keyring = Keyring.load_dir(config.security.keys_dir, config.service_id)
+        except KeyringError as exc:
+            raise ServiceCallError(f"{config.service_id}: cannot load signing keys: {exc}") from exc
+        return cls(config.service_id, keyring, config.peers, **options)
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+    def _client(self, target: str) -> httpx.AsyncClient:
+        client = self._clients.get(target)
+        if client is None:
+            if target not in self._peers:
+                raise ServiceCallError(f"{self.service_id} has no peer URL for {target!r} (config.peers)")
+            # trust_env=False: proxy variables must never reroute service traffic.
+            client = httpx.AsyncClient(
+                timeout=self._timeout, limits=self._limits, trust_env=False, follow_redirects=False
+            )
+            self._clients[target] = client
+        return client
+
+    def _url(self, target: str, path: str, query: str) -> str:
+        return self._peers[target] + path + (f"?{query}" if query else "")
+
+    def _build(
+        self,
+        client: httpx.AsyncClient,
+        target: str,
+        method: str,
+        path: str,
+        query: str,
+        json: Any,
+        content: bytes | str | None,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Request:
+        url = self._url(target, path, query)
+        request = client.build_request(method, url, json=json, content=content, headers=headers)
+        raw_path, _, raw_query = request.url.raw_path.partition(b"?")
+        key_id, key = self._keyring.signing_key(target)
+        signed = sign_request(
+            key=key,
+            key_id=key_id,
+            method=method,
+            raw_path=raw_path,
+            query_string=raw_query,
+            body=request.content,
+            created=int(self._clock()),
+            nonce=new_nonce(),
+        )
+        request.headers.update(signed.as_dict())
+        return request
+
+    async def request(
+        self,
+        target: str,
+        method: str,
+        path: str,
+        *,
+        params: QueryParams | None = None,
+        json: Any = None,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        method = method.upper()
+        if not path.startswith("/") or "?" in path or "#" in path:
+            raise ValueError(
+                f"path must start with '/' and carry no query or fragment (use params=): {path!r}"
+            )
+        if headers and SIGNING_HEADERS & {name.lower() for name in headers}:
+            raise ValueError("the signing headers are set by ServiceClient, not by the caller")
+        client = self._client(target)
+        query = encode_query(params)
+        # Checked as given too: httpx would silently resolve `..` and send another path than the caller wrote.
+        raw_path, _, raw_query = httpx.URL(self._url(target, path, query)).raw_path.partition(b"?")
+        problem = path_problem(path.encode("utf-8"), b"") or path_problem(raw_path, raw_query)
+        if problem is not None:
+            raise ValueError(f"refusing to send an unsafe path {path!r}: {problem}")
+        where = f"{method} {target}{path}"
+        attempts = 1 + (self._retries if method in IDEMPOTENT_METHODS else 0)
+        initial, maximum, jitter = self._backoff
+        try:
+            async for attempt in stamina.retry_context(
+                on=(*_RETRYABLE_ERRORS, _RetryableStatus),
+                attempts=attempts,
+                timeout=None,
+                wait_initial=initial,
+                wait_max=maximum,
+                wait_jitter=jitter,
+            ):
+                with attempt:
+                    request = self._build(client, target, method, path, query, json, content, headers)
+                    response = await client.send(request)
+                    if response.status_code in RETRY_STATUSES and attempts > 1:
+                        raise _RetryableStatus(response)
+                    return response
+        except _RetryableStatus as exhausted:
+            return exhausted.response
+        except httpx.TimeoutException as exc:
+            kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for the response"
+            raise ServiceTimeoutError(
+                f"{where}: timed out {kind} after {self._timeout}s ({attempts} attempt(s))"
+            ) from exc
+        except _RETRYABLE_ERRORS as exc:
+            raise ServiceUnavailableError(
+                f"{where}: {type(exc).__name__} after {attempts} attempt(s): {exc}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ServiceCallError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable: stamina yields at least one attempt")  # pragma: no cover
+
+    async def get(self, target: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request(target, "GET", path, **kwargs)
+
+    async def post(self, target: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request(target, "POST", path, **kwargs)
+
+    async def put(self, target: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request(target, "PUT", path, **kwargs)
+
+    async def delete(self, target: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request(target, "DELETE", path, **kwargs)

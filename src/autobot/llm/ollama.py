@@ -1,0 +1,103 @@
+"""Ollama's native chat API (POST /api/chat). Native, not the OpenAI-compatible endpoint, because only the
+native API takes `num_ctx` per request; without it Ollama uses its own default window and silently cuts the
+prompt to its tail."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from autobot.context.registry import ModelSpec
+from autobot.llm._http import (
+    check_base_url,
+    make_client,
+    optional_int,
+    parse_object,
+    status_error,
+    transport_error,
+)
+from autobot.llm.base import Completion, LLMError, LLMResponseError, LLMUnavailableError
+from autobot.messages import Message
+
+CHAT_PATH = "/api/chat"
+
+
+class OllamaProvider:
+    name = "ollama"
+
+    def __init__(self, base_url: str, *, timeout_s: float, client: httpx.AsyncClient | None = None) -> None:
+        self.base_url = check_base_url(self.name, base_url)
+        self._url = self.base_url + CHAT_PATH
+        # An injected client belongs to whoever made it; only our own is closed by aclose().
+        self._owns_client = client is None
+        self._client = client or make_client(self.base_url, timeout_s)
+
+    def request_body(
+        self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int, stream: bool
+    ) -> dict[str, Any]:
+        return {
+            "model": model.name,
+            "messages": [m.to_dict() for m in messages],
+            "stream": stream,
+            "options": {"num_ctx": model.context_window_tokens, "num_predict": max_tokens},
+        }
+
+    async def complete(self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int) -> Completion:
+        body = self.request_body(messages, model=model, max_tokens=max_tokens, stream=False)
+        try:
+            response = await self._client.post(CHAT_PATH, json=body)
+        except httpx.TransportError as exc:
+            raise transport_error(self.name, self._url, exc) from exc
+        if response.status_code >= 400:
+            raise status_error(self.name, self._url, response.status_code, response.content)
+        data = parse_object(self.name, self._url, response.content)
+        if "error" in data:
+            raise LLMError(f"{self.name}: {self._url} answered an error: {data['error']}")
+        return Completion(
+            text=self._content(data),
+            model=str(data.get("model") or model.name),
+            prompt_tokens=optional_int(data, "prompt_eval_count"),
+            completion_tokens=optional_int(data, "eval_count"),
+            provider=self.name,
+        )
+
+    async def stream(
+        self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int
+    ) -> AsyncIterator[str]:
+        body = self.request_body(messages, model=model, max_tokens=max_tokens, stream=True)
+        try:
+            async with self._client.stream("POST", CHAT_PATH, json=body) as response:
+                if response.status_code >= 400:
+                    raise status_error(self.name, self._url, response.status_code, await response.aread())
+                # NDJSON: one object per line, the last with "done": true; errors arrive as {"error": ...}.
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    data = parse_object(self.name, self._url, line)
+                    if "error" in data:
+                        raise LLMError(f"{self.name}: {self._url} failed mid-stream: {data['error']}")
+                    chunk = self._content(data)
+                    if chunk:
+                        yield chunk
+                    if data.get("done") is True:
+                        return
+        except httpx.TransportError as exc:
+            raise transport_error(self.name, self._url, exc) from exc
+        raise LLMUnavailableError(f"{self.name}: {self._url} ended the stream before it was done")
+
+    def _content(self, data: dict[str, Any]) -> str:
+        message = data.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            if data.get("done") is True and message is None:
+                return ""  # the closing line of a stream may carry no message
+            raise LLMResponseError(
+                f"{self.name}: {self._url} answered without message.content: {data!r:.200}"
+            )
+        return content
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,356 @@
+"""Code shared by the two service-auth middlewares: pure ASGI, body buffering and replay, lifespan.
+
+The two public classes differ only in what they do with a refusal (pass it on, or answer it) and in whether a
+failed start-up of the auth components stops the service. Which one runs is decided by the deployed ASGI entry
+file, never by a setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from redis.asyncio import Redis
+
+from autobot.config import ServiceConfig
+from autobot.redis_pool import create_redis
+from autobot.security import decision as reasons
+from autobot.security.audit import AuditLog, Phase, audit_record
+from autobot.security.decision import Decision
+from autobot.security.keyring import Keyring
+from autobot.security.keys import is_service_id
+from autobot.security.matrix import Matrix
+from autobot.security.replay import NonceChecker, NonceStore
+from autobot.security.verify import RawRequest, VerifyContext, verify_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# After a failed component build, requests do not retry it more often than this (no file reads per request).
+REBUILD_INTERVAL_S = 10.0
+# Handlers may read the decision (e.g. the verified caller) from the scope under this key.
+SCOPE_KEY = "autobot.service_auth"
+_ERRORS = {
+    401: "unauthorized",
+    403: "forbidden",
+    413: "payload_too_large",
+    503: "service_unavailable",
+}
+log = logging.getLogger("autobot.service_auth")
+
+
+class AuthSetupError(Exception):
+    """The auth components cannot be built from the configuration."""
+
+
+@dataclass
+class _Components:
+    ctx: VerifyContext
+    audit: AuditLog
+    owned_redis: Redis | None
+    owns_audit: bool
+
+
+@dataclass
+class _Body:
+    chunks: list[bytes]
+    more_after: bool = False  # the client still has body bytes we did not read
+    too_large: bool = False
+    disconnected: bool = False
+
+
+async def read_body(receive: Receive, limit: int, declared_length: int | None) -> _Body:
+    """Buffer the request body up to `limit` bytes; stop early (too_large) once it is exceeded."""
+    if declared_length is not None and declared_length > limit:
+        return _Body(chunks=[], more_after=True, too_large=True)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return _Body(chunks=chunks, disconnected=True)
+        if message["type"] != "http.request":
+            continue
+        chunk = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return _Body(chunks=chunks, more_after=more, too_large=True)
+        if not more:
+            return _Body(chunks=chunks)
+
+
+def replaying_receive(body: _Body, receive: Receive) -> Receive:
+    """A `receive` that first hands the app the bytes already read, then defers to the server."""
+    if body.too_large:
+        pending = deque(body.chunks)
+        more_after = body.more_after
+    else:
+        pending = deque([b"".join(body.chunks)])
+        more_after = False
+
+    async def replay() -> Message:
+        if pending:
+            chunk = pending.popleft()
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending) or more_after}
+        return await receive()
+
+    return replay
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+def _declared_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _claimed_caller(scope: Scope) -> str | None:
+    value = _header(scope, b"x-service-id")
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip()
+    return text if is_service_id(text) else None
+
+
+def _raw_target(scope: Scope) -> tuple[bytes, bytes]:
+    raw_path = scope.get("raw_path")
+    if not raw_path:
+        # Without raw_path the decoded path is all there is; re-encoding it would sign something never sent,
+        # so fall back to a value the path check refuses.
+        raw_path = b"\x00"
+    path, _, embedded_query = bytes(raw_path).partition(b"?")
+    return path, bytes(scope.get("query_string") or embedded_query)
+
+
+async def send_refusal(scope: Scope, send: Send, status: int, reason: str) -> None:
+    """Answer a refused request: JSON error for HTTP, policy-violation close for a WebSocket handshake."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": reason[:100]})
+        return
+    body = json.dumps({"error": _ERRORS.get(status, "error"), "reason": reason}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class ServiceAuthMiddlewareBase:
+    """Verify every request with `verify_request`, audit the decision, then let the subclass act on refusals.
+
+    Built from `config` (keys dir, matrix file, audit log and a Redis client of its own, created lazily and
+    closed on lifespan shutdown) or from explicit components (tests); explicit components are never closed
+    here.
+    """
+
+    phase: ClassVar[Phase]
+    # Whether the service must not start when the auth components cannot be built.
+    fail_startup_without_auth: ClassVar[bool]
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: ServiceConfig | None = None,
+        *,
+        service_id: str | None = None,
+        keyring: Keyring | None = None,
+        matrix: Matrix | None = None,
+        redis: Redis | None = None,
+        nonces: NonceChecker | None = None,
+        audit: AuditLog | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if config is None and service_id is None:
+            raise ValueError("give a ServiceConfig or a service_id")
+        if config is not None and service_id is not None and service_id != config.service_id:
+            raise ValueError(f"service_id {service_id!r} does not match the config ({config.service_id!r})")
+        self.app = app
+        self.service_id: str = config.service_id if config is not None else str(service_id)
+        self._config = config
+        self._keyring = keyring
+        self._matrix = matrix
+        self._redis = redis
+        self._nonces = nonces
+        self._audit = audit
+        self._max_body_bytes = max_body_bytes
+        self._clock = clock
+        self._components: _Components | None = None
+        self._lock = asyncio.Lock()
+        self._failed_at: float | None = None
+        self.last_error: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            await self._handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def on_refused(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+        raise NotImplementedError
+
+    # -- components --
+
+    async def _build(self) -> _Components:
+        security = self._config.security if self._config is not None else None
+
+        def required(what: str) -> Any:
+            if security is None:
+                raise AuthSetupError(
+                    f"{self.service_id}: no {what} given and the config has no security section"
+                )
+            return security
+
+        keyring = self._keyring
+        if keyring is None:
+            keyring = await asyncio.to_thread(Keyring.load_dir, required("keyring").keys_dir, self.service_id)
+        matrix = self._matrix
+        if matrix is None:
+            matrix = await asyncio.to_thread(Matrix.load, required("matrix").matrix_file, self.service_id)
+        audit = self._audit
+        if audit is None:
+            audit = await asyncio.to_thread(AuditLog.open, required("audit log").audit_log)
+        owned_redis: Redis | None = None
+        nonces = self._nonces
+        if nonces is None:
+            redis = self._redis
+            if redis is None:
+                if self._config is None:
+                    raise AuthSetupError(
+                        f"{self.service_id}: no redis client given and no config to build one"
+                    )
+                try:
+                    redis = owned_redis = create_redis(self._config.redis)
+                except Exception:
+                    if self._audit is None:
+                        await asyncio.to_thread(audit.close)
+                    raise
+            nonces = NonceStore(redis, security.nonce_ttl_s if security else 600)
+        ctx = VerifyContext(
+            callee=self.service_id,
+            keyring=keyring,
+            matrix=matrix,
+            nonces=nonces,
+            algorithm=security.algorithm if security else "hmac-sha256",
+            clock_skew_s=security.clock_skew_s if security else 300,
+        )
+        return _Components(ctx=ctx, audit=audit, owned_redis=owned_redis, owns_audit=self._audit is None)
+
+    async def components(self, *, retry_now: bool = False) -> _Components | None:
+        if self._components is not None:
+            return self._components
+        async with self._lock:
+            if self._components is not None:
+                return self._components
+            now = time.monotonic()
+            if not retry_now and self._failed_at is not None and now - self._failed_at < REBUILD_INTERVAL_S:
+                return None
+            try:
+                self._components = await self._build()
+            except Exception as exc:
+                self._failed_at = now
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("service auth (%s phase) unavailable for %s: %s", self.phase, self.service_id, exc)
+                return None
+            self.last_error = None
+            return self._components
+
+    async def aclose(self) -> None:
+        components, self._components = self._components, None
+        if components is None:
+            return
+        if components.owned_redis is not None:
+            await components.owned_redis.aclose(close_connection_pool=True)
+        if components.owns_audit:
+            await asyncio.to_thread(components.audit.close)
+
+    # -- lifespan --
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_wrapper(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                ready = await self.components(retry_now=True)
+                if ready is None and self.fail_startup_without_auth:
+                    message = {
+                        "type": "lifespan.startup.failed",
+                        "message": f"service auth: {self.last_error}",
+                    }
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.aclose()
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    # -- requests --
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = "GET" if scope["type"] == "websocket" else str(scope["method"])
+        raw_path, query_string = _raw_target(scope)
+        components = await self.components()
+        if components is None:
+            refused = Decision(503, reasons.AUTH_UNAVAILABLE, "service", _claimed_caller(scope))
+            scope[SCOPE_KEY] = refused
+            await self.on_refused(scope, receive, send, refused)
+            return
+        ctx = components.ctx
+        body = _Body(chunks=[])
+        if scope["type"] == "http" and ctx.needs_body(method, raw_path, query_string):
+            body = await read_body(receive, self._max_body_bytes, _declared_length(scope))
+            if body.disconnected:
+                return
+            receive = replaying_receive(body, receive)
+        if body.too_large:
+            decision = Decision(413, reasons.BODY_TOO_LARGE, "service", _claimed_caller(scope))
+        else:
+            request = RawRequest(
+                method=method,
+                raw_path=raw_path,
+                query_string=query_string,
+                headers=scope.get("headers", ()),
+                body=b"".join(body.chunks),
+            )
+            decision = await verify_request(request, ctx, now=self._clock())
+        components.audit.write(
+            audit_record(
+                decision=decision,
+                callee=self.service_id,
+                method=method,
+                raw_path=raw_path,
+                phase=self.phase,
+                when=datetime.fromtimestamp(self._clock(), UTC),
+            )
+        )
+        scope[SCOPE_KEY] = decision
+        if decision.allowed:
+            await self.app(scope, receive, send)
+        else:
+            await self.on_refused(scope, receive, send, decision)

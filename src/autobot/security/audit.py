@@ -1,0 +1,138 @@
+"""The service-auth audit log: one JSON line per decision, written by a background thread.
+
+Records hold who/what/decision only, never the signature, a key or the body (`audit_record` takes none of
+them).
+A single writer thread per process appends each batch with one `write()` on an O_APPEND descriptor, so request
+handling never waits for the disk and lines never interleave (also not between worker processes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from autobot.security.decision import Decision
+
+Phase = Literal["logging", "enforcement"]
+_MAX_PATH_CHARS = 2048
+log = logging.getLogger(__name__)
+
+
+class AuditLogError(Exception):
+    """The audit log cannot be opened."""
+
+
+def audit_record(
+    *, decision: Decision, callee: str, method: str, raw_path: bytes, phase: Phase, when: datetime
+) -> dict[str, Any]:
+    """The audit line for one decision. Pure; the query string is left out (it may carry user data)."""
+    path = raw_path[:_MAX_PATH_CHARS].decode("ascii", errors="backslashreplace")
+    return {
+        "time": when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "callee": callee,
+        "caller": decision.caller,
+        "keyid": decision.keyid,
+        "method": method[:32],
+        "path": path,
+        "decision": decision.label,
+        "status": decision.status,
+        "reason": decision.reason,
+        "phase": phase,
+        "route_kind": decision.route_kind,
+    }
+
+
+class _Flush:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+class AuditLog:
+    """Append-only JSON-lines file fed through a queue; `write` never blocks on I/O."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="autobot-audit-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, path: Path | str) -> AuditLog:
+        """Open (creating with mode 0640) the log file; blocking, so call it at start-up or in a thread."""
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise AuditLogError(f"cannot open audit log {path}: {exc.strerror or exc}") from exc
+        return cls(path, fd)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._closed:
+            log.error("audit log %s is closed; record lost: %s", self.path, record)
+            return
+        self._queue.put(json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n")
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until every record queued so far is written (tests, shutdown)."""
+        if self._closed:
+            return True
+        marker = _Flush()
+        self._queue.put(marker)
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            os.close(self._fd)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            lines: list[str] = []
+            markers: list[_Flush] = []
+            stop = False
+            while True:  # drain what is already queued, then write it as one batch
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Flush):
+                    markers.append(item)
+                elif isinstance(item, str):
+                    lines.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if lines:
+                self._append("".join(lines).encode("ascii"))
+            for marker in markers:
+                marker.done.set()
+            if stop:
+                return
+
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            # Still recorded somewhere: the service log (journald) gets the lines the file could not take.
+            log.error(
+                "cannot write audit log %s (%s); lines: %s", self.path, exc.strerror, bytes(view).decode()
+            )

@@ -1,0 +1,185 @@
+"""ai-stack: inference in front of the LLM runtime (POST /api/inference, GET /api/models, GET /api/health).
+
+Every prompt is fitted to the model's limits from the model registry here too, with the same window builder
+main-backend uses, so a caller that sends too much gets the same trimming (or the same clear error) as a user
+of main-backend, and the runtime never silently cuts a prompt. The reply length is capped at the model's
+max_output_tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from autobot.config import ServiceConfig
+from autobot.context.registry import ModelRegistry, ModelSpec
+from autobot.context.tokens import HeuristicTokenizer
+from autobot.context.window import ContextTooLargeError, ContextWindowManager, Window
+from autobot.llm.base import Completion, LLMError, LLMProvider, LLMUnavailableError
+from autobot.llm.factory import make_provider
+from autobot.messages import Message
+from autobot.redis_pool import create_redis
+from autobot.services._http import (
+    ApiError,
+    BodySizeLimitMiddleware,
+    Readiness,
+    add_health_routes,
+    install_error_handlers,
+    lifespan_with_stack,
+    redis_ping_check,
+)
+
+SERVICE_ID = "ai-stack"
+MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_MESSAGES = 1024
+MAX_MODEL_NAME = 200
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+# --- pure functions -------------------------------------------------------------------------------------
+
+
+def parse_messages(raw: Sequence[object]) -> list[Message]:
+    """Messages from JSON, with the index of the first bad one in the error."""
+    messages = []
+    for index, item in enumerate(raw):
+        try:
+            messages.append(Message.from_dict(item))
+        except ValueError as exc:
+            raise ValueError(f"messages[{index}]: {exc}") from None
+    return messages
+
+
+def split_prompt(messages: Sequence[Message]) -> tuple[str | None, list[Message], Message]:
+    """(system prompt, history, newest message): a system message may only come first."""
+    system: str | None = None
+    rest = list(messages)
+    if rest and rest[0].role == "system":
+        system = rest.pop(0).content
+    if not rest:
+        raise ValueError("messages hold only a system prompt; the model needs a message to answer")
+    for index, message in enumerate(rest, start=1 if system is not None else 0):
+        if message.role == "system":
+            raise ValueError(f"messages[{index}]: a system message may only be the first message")
+    return system, rest[:-1], rest[-1]
+
+
+def reply_budget(spec: ModelSpec, requested: int | None) -> int:
+    """The reply's token cap: what was asked for, never more than the model's max_output_tokens."""
+    return spec.max_output_tokens if requested is None else min(requested, spec.max_output_tokens)
+
+
+def model_summary(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "context_window_tokens": spec.context_window_tokens,
+        "max_output_tokens": spec.max_output_tokens,
+        "message_limit": spec.message_limit,
+        "history_token_budget": spec.history_token_budget,
+        "tokenizer": "heuristic" if isinstance(spec.tokenizer, HeuristicTokenizer) else "file",
+    }
+
+
+def build_window(manager: ContextWindowManager, request: InferenceRequest) -> Window:
+    """The window for a request; ApiError 413 when it cannot fit the model, 422 when it is malformed."""
+    spec = manager.spec(request.model)
+    try:
+        system, history, newest = split_prompt(parse_messages(request.messages))
+        return manager.build(spec, system, history, newest)
+    except ContextTooLargeError as exc:
+        raise ApiError(
+            413,
+            "context_too_large",
+            str(exc),
+            needed_tokens=exc.needed_tokens,
+            available_tokens=exc.available_tokens,
+        ) from None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+
+
+def inference_response(window: Window, max_tokens: int, completion: Completion) -> dict[str, Any]:
+    spec = window.model
+    return {
+        "text": completion.text,
+        "model": completion.model,
+        "registry_model": spec.name,
+        "requested_model": spec.requested_name,
+        "fell_back": spec.fell_back,
+        "provider": completion.provider,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "max_tokens": max_tokens,
+        "window": {
+            "messages": len(window.messages),
+            "dropped": window.dropped,
+            "estimated_prompt_tokens": window.prompt_tokens,
+        },
+    }
+
+
+# --- app ------------------------------------------------------------------------------------------------
+
+
+def create_app(
+    config: ServiceConfig,
+    *,
+    provider: LLMProvider | None = None,
+    registry: ModelRegistry | None = None,
+) -> FastAPI:
+    """The ai-stack app. `provider` and `registry` replace the configured ones (tests); by default the
+    provider comes from `config.llm`, the registry from the packaged file merged with config.models_file."""
+    # Loaded now, not in the lifespan: a bad registry or tokenizer file fails `autobot serve` at once.
+    registry = registry or ModelRegistry.load(config.models_file)
+    manager = ContextWindowManager(registry)
+    readiness = Readiness(timeout_s=config.redis.socket_timeout_s)
+
+    async def setup(app: FastAPI, stack: contextlib.AsyncExitStack) -> None:
+        llm = provider or make_provider(config.llm)
+        if provider is None:
+            stack.push_async_callback(llm.aclose)
+        app.state.llm = llm
+        # ai-stack keeps no data in Redis, but it cannot verify a signed call without its nonce store, so
+        # "ready" includes Redis.
+        redis = create_redis(config.redis)
+        stack.push_async_callback(redis.aclose, close_connection_pool=True)
+        readiness.add("redis", redis_ping_check(redis))
+        stack.callback(readiness.clear)
+
+    app = FastAPI(title="AutoBot ai-stack", lifespan=lifespan_with_stack(setup))
+    install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        limit_for=lambda scope: MAX_BODY_BYTES if scope["method"] == "POST" else None,
+    )
+    add_health_routes(app, SERVICE_ID, readiness)
+
+    @app.get("/api/models")
+    async def models() -> dict[str, Any]:
+        return {"default": registry.default_name, "models": [model_summary(spec) for spec in registry]}
+
+    @app.post("/api/inference")
+    async def inference(body: InferenceRequest, request: Request) -> dict[str, Any]:
+        window = build_window(manager, body)
+        max_tokens = reply_budget(window.model, body.max_tokens)
+        llm: LLMProvider = request.app.state.llm
+        try:
+            completion = await llm.complete(window.messages, model=window.model, max_tokens=max_tokens)
+        except LLMUnavailableError as exc:
+            raise ApiError(503, "llm_unavailable", str(exc)) from None
+        except LLMError as exc:
+            raise ApiError(502, "llm_error", str(exc)) from None
+        return inference_response(window, max_tokens, completion)
+
+    return app

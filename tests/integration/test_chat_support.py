@@ -1,0 +1,142 @@
+"""Helpers shared by the chat and main-backend integration tests (this module holds no tests).
+
+Everything here is real: main-backend configs pointing at real Redis servers and temporary directories,
+the app's own lifespan, server-sent events parsed from real response bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from tests.support.redis_server import RedisServer, start_redis
+
+from autobot.config import RedisConfig, ServiceConfig
+from autobot.redis_pool import create_redis
+from autobot.services.main_backend import create_app
+
+
+def backend_config(tmp_path: Path, redis_url: str, **backend: Any) -> ServiceConfig:
+    """A main-backend config as Ansible would render it, every path inside tmp_path."""
+    raw: dict[str, Any] = {
+        "service_id": "main-backend",
+        "listen": {"host": "127.0.0.1", "port": 8001},
+        # Short timeouts and no retries: a stopped Redis must fail fast in tests.
+        "redis": {"url": redis_url, "socket_timeout_s": 1.0, "connect_timeout_s": 0.5, "retries": 0},
+        "llm": {"provider": "offline"},
+        "backend": {
+            "database": str(tmp_path / "data" / "conversation_files.db"),
+            "files_dir": str(tmp_path / "data" / "files"),
+            "transcripts_dir": str(tmp_path / "data" / "transcripts"),
+            **backend,
+        },
+    }
+    return ServiceConfig.model_validate(raw)
+
+
+def write_config(path: Path, config: ServiceConfig) -> Path:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")), encoding="utf-8")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client bound to the app in-process, with the app's real lifespan around it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://main-backend.test") as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def backend_client(tmp_path: Path, redis_url: str, **backend: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(create_app(backend_config(tmp_path, redis_url, **backend))) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def dedicated_redis(workdir: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may stop to simulate an outage."""
+    server = start_redis(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def parse_sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs from a text/event-stream body; fails on a malformed frame."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    for frame in raw.split("\n\n"):
+        if not frame.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in frame.split("\n"))
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+@contextlib.asynccontextmanager
+async def monitor_commands(url: str) -> AsyncIterator[list[str]]:
+    """Every command Redis executed while the block ran, as MONITOR reports it ("LRANGE key -21 -1").
+
+    The list is filled when the block exits: a sentinel PING marks the end, so nothing is missed or guessed.
+    """
+    watcher, poker = Redis.from_url(url), Redis.from_url(url)
+    seen: list[str] = []
+    sentinel = "monitor-sentinel-end"
+    try:
+        await poker.ping()  # connect (and say HELLO) before the monitor starts listening
+        async with watcher.monitor() as monitor:
+            yield seen
+            await poker.echo(sentinel)
+            while True:
+                command = (await monitor.next_command())["command"]
+                if command == f"ECHO {sentinel}":
+                    break
+                seen.append(command)
+    finally:
+        await watcher.aclose()
+        await poker.aclose()
+
+
+@contextlib.asynccontextmanager
+async def pooled_client(url: str) -> AsyncIterator[Redis]:
+    """The production client (bounded blocking pool, autobot.redis_pool) on a flushed database."""
+    client = create_redis(RedisConfig(url=url))
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose(close_connection_pool=True)
+
+
+@contextlib.asynccontextmanager
+async def loop_gaps(interval_s: float = 0.005) -> AsyncIterator[list[float]]:
+    """Drift of a perf_counter sleep probe while the block runs: how late the event loop woke it, in s.
+
+    A blocked loop shows as a gap as long as the block; a free loop stays within a few milliseconds.
+    """
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        while not stop.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(interval_s)
+            gaps.append(time.perf_counter() - start - interval_s)
+
+    task = asyncio.create_task(probe())
+    try:
+        yield gaps
+    finally:
+        stop.set()
+        await task

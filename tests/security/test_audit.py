@@ -1,0 +1,85 @@
+"""The audit log: one JSON line per decision, nothing secret, written off the loop without interleaving."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from autobot.security.audit import AuditLog, AuditLogError, audit_record
+from autobot.security.decision import Decision
+
+FIELDS = {
+    "time",
+    "callee",
+    "caller",
+    "keyid",
+    "method",
+    "path",
+    "decision",
+    "status",
+    "reason",
+    "phase",
+    "route_kind",
+}
+
+
+def _record(n: int = 0) -> dict[str, object]:
+    return audit_record(
+        decision=Decision(403, "not_granted", "service", "ai-stack", "ai-stack:v1"),
+        callee="npu-worker",
+        method="DELETE",
+        raw_path=f"/api/process/{n}".encode() + b"/\xff",
+        phase="enforcement",
+        when=datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+    )
+
+
+def test_record_fields() -> None:
+    record = _record()
+    assert set(record) == FIELDS
+    assert record["time"] == "2025-01-02T03:04:05.678Z"
+    assert record["decision"] == "deny"
+    assert record["path"] == "/api/process/0/\\xff"  # non-ASCII bytes are escaped, never dropped
+
+
+def test_many_writers_lines_never_interleave(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path / "audit.log")
+    try:
+
+        def writer(t: int) -> None:
+            for i in range(500):
+                log.write(_record(t * 1000 + i))
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert log.flush()
+    finally:
+        log.close()
+    lines = (tmp_path / "audit.log").read_text().splitlines()
+    assert len(lines) == 4000
+    paths = {json.loads(line)["path"] for line in lines}
+    assert len(paths) == 4000
+    assert (tmp_path / "audit.log").stat().st_mode & 0o777 == 0o640
+
+
+def test_close_flushes_and_later_writes_are_not_silently_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AuditLog.open(tmp_path / "audit.log")
+    log.write(_record(1))
+    log.close()
+    assert len((tmp_path / "audit.log").read_text().splitlines()) == 1
+    log.write(_record(2))
+    assert "record lost" in caplog.text
+
+
+def test_unopenable_log_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AuditLogError, match="cannot open audit log"):
+        AuditLog.open(tmp_path / "missing-dir" / "audit.log")

@@ -1,0 +1,155 @@
+"""`autobot serve`: config checks (exit code 2), loading the deployed entry file, a real server process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from tests.integration.cluster import ServiceProcess, autobot_command, stop_process, wait_until_healthy
+from tests.support.redis_server import free_port
+
+from autobot.cli import main
+from autobot.cli.serve import EntryError, load_entry_app
+
+# A minimal ASGI app standing in for a rendered entry file: it echoes what the server tells it about the
+# client, so the test can see whether forwarded headers were trusted.
+ECHO_ENTRY = """
+import json
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = json.dumps({"client": scope["client"][0], "scheme": scope["scheme"]}).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def _write_config(
+    tmp_path: Path,
+    *,
+    service: str = "npu-worker",
+    entry: Path | None = None,
+    port: int = 8081,
+    log_level: str = "warning",
+) -> Path:
+    lines = [
+        f"service_id: {service}",
+        f"listen: {{host: 127.0.0.1, port: {port}}}",
+        f"log_level: {log_level}",
+    ]
+    if entry is not None:
+        lines.append(f"asgi_entry: {json.dumps(str(entry))}")
+    path = tmp_path / "config.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _serve(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["serve", *args])
+    return result.exit_code, result.output
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    code, output = _serve("npu-worker", "--config", str(tmp_path / "nope.yml"))
+    assert code == 2
+    assert "cannot read config file" in output
+
+
+def test_invalid_config(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text("service_id: npu-worker\nlisten: {port: 70000}\n")
+    code, output = _serve("npu-worker", "--config", str(path))
+    assert code == 2
+    assert "is invalid" in output
+
+
+def test_config_of_another_service(tmp_path: Path) -> None:
+    config = _write_config(tmp_path, service="ai-stack", entry=tmp_path / "asgi.py")
+    code, output = _serve("npu-worker", "--config", str(config))
+    assert code == 2
+    assert "is for service 'ai-stack', not 'npu-worker'" in output
+
+
+def test_unknown_service_name(tmp_path: Path) -> None:
+    code, output = _serve("frontend", "--config", str(_write_config(tmp_path)))
+    assert code == 2
+    assert "frontend" in output
+
+
+def test_config_without_entry_file(tmp_path: Path) -> None:
+    code, output = _serve("npu-worker", "--config", str(_write_config(tmp_path)))
+    assert code == 2
+    assert "names no asgi_entry" in output
+
+
+def test_entry_file_missing(tmp_path: Path) -> None:
+    code, output = _serve("npu-worker", "--config", str(_write_config(tmp_path, entry=tmp_path / "asgi.py")))
+    assert code == 2
+    assert "does not exist (was the service-auth phase deployed?)" in output
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("raise RuntimeError('keys missing')", "failed to import: RuntimeError: keys missing"),
+        ("import no_such_module_here", "failed to import: ModuleNotFoundError"),
+        ("application = None", "defines no callable `app`"),
+        ("app = 42", "defines no callable `app`"),
+    ],
+)
+def test_bad_entry_files(tmp_path: Path, source: str, message: str) -> None:
+    entry = tmp_path / "asgi.py"
+    entry.write_text(source + "\n")
+    with pytest.raises(EntryError, match=r"asgi\.py"):
+        load_entry_app(entry, "npu-worker")
+    code, output = _serve("npu-worker", "--config", str(_write_config(tmp_path, entry=entry)))
+    assert code == 2
+    assert message in output
+
+
+def test_entry_app_is_loaded_from_its_path(tmp_path: Path) -> None:
+    entry = tmp_path / "asgi.py"
+    entry.write_text(ECHO_ENTRY)
+    app = load_entry_app(entry, "npu-worker")
+    assert callable(app)
+    assert app.__module__ == "autobot_entry_npu_worker"
+
+
+def test_serves_the_entry_app_without_trusting_forwarded_headers(tmp_path: Path) -> None:
+    entry = tmp_path / "asgi.py"
+    entry.write_text(ECHO_ENTRY)
+    port = free_port()
+    config = _write_config(tmp_path, entry=entry, port=port, log_level="info")
+    svc = ServiceProcess("npu-worker", tmp_path, port=port)
+    with svc.output_log.open("wb") as out:
+        svc.process = subprocess.Popen(
+            autobot_command("serve", "npu-worker", "--config", str(config)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_healthy(svc)
+        response = httpx.get(
+            f"{svc.url}/anything",
+            headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"},
+            trust_env=False,
+        )
+    finally:
+        stop_process(svc)
+    assert response.json() == {"client": "127.0.0.1", "scheme": "http"}
+    # Info logging is on (config log_level), but no access log by default.
+    output = svc.output_log.read_text()
+    assert "Application startup complete" in output
+    assert "/anything" not in output
