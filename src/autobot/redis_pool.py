@@ -43,4 +43,5 @@ def create_redis(cfg: RedisConfig) -> Redis:
         client_name=cfg.client_name,
         decode_responses=False,
     )
-    return Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so `await client.aclose()` also closes every pooled connection.
+    return Redis.from_pool(pool)

@@ -197,7 +197,9 @@ async def test_50_concurrent_chats_all_complete_and_are_stored(
     assert shared["message_count"] == 100
     assert {m["id"] for m in shared["messages"]} >= {r.message_id for r in same} | {r.reply_id for r in same}
     assert len(await manager.history.window("shared", 1000)) == min(100, manager.history.max_messages)
-    assert max(gaps) < 0.25  # generous for a noisy 2-core machine; the benchmark measures it properly
+    # Only a gross stall is caught here (a noisy 2-core machine must not fail the suite); the benchmark
+    # measures lag properly, and the CLIENT PAUSE test below proves Redis waits do not hold the loop.
+    assert max(gaps) < 0.5
 
 
 async def test_the_event_loop_keeps_running_while_redis_is_stalled(
@@ -217,7 +219,7 @@ async def test_the_event_loop_keeps_running_while_redis_is_stalled(
         await admin.aclose()
     assert elapsed >= 0.3  # the pause really was in the way of the chat
     assert len(gaps) > 20
-    assert max(gaps) < 0.1
+    assert max(gaps) < 0.2  # a blocking client would show one gap of at least the 0.3 s stall
 
 
 async def test_redis_down_gives_chat_unavailable_and_the_message_is_in_the_transcript(

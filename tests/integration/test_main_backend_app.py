@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from test_chat_support import backend_client, backend_config, dedicated_redis, parse_sse
 from tests.support.redis_server import RedisServer
 
+from autobot.config import ConfigError, LLMConfig
 from autobot.context import ContextWindowManager, ModelRegistry
 from autobot.services.main_backend import MAX_MESSAGE_CHARS, create_app
 
@@ -350,7 +351,9 @@ async def test_redis_down_is_503_while_health_stays_up_and_the_message_is_kept(t
             assert "saved" in body["detail"]
             stream = await client.post("/api/chat/stream", json={"message": "streamed", "session_id": "o"})
             assert stream.status_code == 503
-            assert (await client.get("/api/chat/sessions/o/messages")).status_code == 503
+            read = await client.get("/api/chat/sessions/o/messages")
+            assert read.status_code == 503
+            assert "saved" not in read.json()["detail"]  # a read saves nothing and must not claim to
             assert (await client.get("/api/health")).status_code == 200
             ready = await client.get("/api/ready")
             assert ready.status_code == 503
@@ -361,3 +364,16 @@ async def test_redis_down_is_503_while_health_stays_up_and_the_message_is_kept(t
     contents = [m["content"] for m in doc["messages"]]
     assert contents[-2:] == ["during", "streamed"]
     assert body["saved_message_ids"] == [doc["messages"][-2]["id"]]
+
+
+async def test_the_ai_stack_provider_is_wired_from_the_service_config(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = backend_config(tmp_path, redis_server.url).model_copy(
+        update={"llm": LLMConfig(provider="ai-stack")}
+    )
+    app = create_app(config)
+    # No peers['ai-stack'] in this config: the start must fail and say what is missing.
+    with pytest.raises(ConfigError, match=r"peers\['ai-stack'\]"):
+        async with app.router.lifespan_context(app):
+            pass

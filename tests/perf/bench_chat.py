@@ -1,18 +1,24 @@
 """Benchmark: POST /api/chat under 50 concurrent clients, async history vs the synchronous-Redis baseline.
 
-    python tests/perf/bench_chat.py [--clients 50] [--requests 30] [--think-ms 200] [--rounds 20]
+    python tests/perf/bench_chat.py [--clients 50] [--requests 30] [--think-ms 500] [--rounds 20]
+                                    [--redis-delay-ms 0]
 
-Starts a real redis-server on a free loopback port, then for each variant a main-backend under uvicorn in
-its own process (offline LLM provider, fresh data directory, flushed Redis), and drives it with httpx
-clients from this process. Reports client-side latency and the server's event-loop lag, measured inside
-the server by a perf_counter sleep-drift probe that this file's wrapper app adds (with a debug route that
-exists only here, never in src/).
+Starts a real redis-server on a free loopback port and, side by side, two main-backends under uvicorn in
+their own processes (offline LLM provider, own data directory, own Redis database), then drives them with
+httpx clients from this process. Load shapes: `alone` (one client, requests back to back: the floor),
+`staggered` (50 chat users who think between messages) and `burst` (50 simultaneous requests, round after
+round: the plan's "50 concurrent chat requests"). The two variants take turns within each shape (ABBA),
+so noise from other work on the machine lands on both. Reports client-side latency and the server's
+event-loop lag, measured inside the server by a perf_counter sleep-drift probe that this file's wrapper app
+adds, with a debug route that exists only here, never in src/.
 
 Variants:
 - async:          the real app, autobot.services.main_backend.create_app.
 - sync-baseline:  the same app with its chat history swapped for one that sends the same Redis commands
                   through the synchronous redis client inside the async handler: the plan's root cause.
-Prints numbers only; it asserts nothing about timing. Bounded: clients x requests, and a time limit.
+`--redis-delay-ms D` puts a TCP proxy holding every chunk D ms each way between the apps and Redis, as
+when Redis runs on its own machine (production); 0 connects directly over loopback.
+Prints numbers only; it asserts nothing about timing. Bounded: fixed request counts and a time limit.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ import yaml  # noqa: E402
 from tests.support.redis_server import free_port, start_redis  # noqa: E402
 
 VARIANTS = ("async", "sync-baseline")
+SHAPES = ("alone", "staggered", "burst")
 LAG_INTERVAL_S = 0.005
-TIME_LIMIT_S = 120.0
+TIME_LIMIT_S = 300.0
 
 
 # -- server side: the wrapper app (runs in the uvicorn subprocess) -------------------------------------
@@ -129,7 +136,7 @@ def build_app(variant: str, config_path: str) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[None]:
-        async with inner_lifespan(a) as state:
+        async with inner_lifespan(a):
             backend = a.state.backend
             assert isinstance(backend, BackendState)
             if variant == "sync-baseline":
@@ -139,7 +146,7 @@ def build_app(variant: str, config_path: str) -> Any:
                 )
             task = asyncio.create_task(probe.run())
             try:
-                yield state
+                yield
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -165,6 +172,46 @@ def serve(variant: str, config_path: str, port: int) -> None:
     uvicorn.run(
         build_app(variant, config_path), host="127.0.0.1", port=port, log_level="warning", access_log=False
     )
+
+
+# -- the optional network delay between the app and Redis (a separate process) ---------------------------
+
+
+async def delay_proxy(listen_port: int, target_port: int, delay_ms: float) -> None:
+    """Forward TCP to 127.0.0.1:target_port, holding every chunk `delay_ms` in each direction: Redis on
+    another machine, as in production (its host is 172.16.168.23, never reached from here)."""
+    delay = delay_ms / 1000
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, chunk = await queue.get()
+                if not chunk:
+                    writer.close()
+                    return
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                writer.write(chunk)
+                await writer.drain()
+
+        sender = asyncio.create_task(deliver())
+        try:
+            while chunk := await reader.read(65536):
+                queue.put_nowait((time.monotonic() + delay, chunk))
+        except ConnectionError:
+            pass
+        queue.put_nowait((0.0, b""))
+        with contextlib.suppress(ConnectionError):
+            await sender
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
+    async with server:
+        await server.serve_forever()
 
 
 # -- client side: the driver ---------------------------------------------------------------------------
@@ -194,7 +241,7 @@ def write_config(root: Path, redis_url: str) -> Path:
     return path
 
 
-def wait_healthy(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -206,111 +253,132 @@ def wait_healthy(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float 
     raise RuntimeError(f"server on {base_url} not ready within {timeout_s}s")
 
 
-async def drive(base_url: str, variant: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Warm up, then measure each load shape; the server's lag samples are reset before each shape."""
-    clients = args.clients
-    deadline = time.monotonic() + TIME_LIMIT_S
-    rng = random.Random(7)
-    results: dict[str, dict[str, Any]] = {}
+class Target:
+    """One running variant: its users (one httpx client, one connection each) and the collected samples."""
 
-    async with contextlib.AsyncExitStack() as stack:
-        # One client (one connection) per simulated user, as 50 browsers would be; a single shared httpx
-        # pool of 50 connections costs the load generator several ms of CPU per request on this machine.
-        users = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=1), timeout=30.0)
+    def __init__(self, variant: str, base_url: str, clients: int, stack: contextlib.AsyncExitStack) -> None:
+        self.variant = variant
+        self.base_url = base_url
+        self.clients = clients
+        self.stack = stack
+        self.users: list[httpx.AsyncClient] = []
+        self.control: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        # One client per simulated user, as 50 browsers would be: one shared httpx pool of 50 connections
+        # costs the load generator several ms of CPU per request, which this 2-core machine cannot spare.
+        for _ in range(self.clients):
+            client = httpx.AsyncClient(
+                base_url=self.base_url, limits=httpx.Limits(max_connections=1), timeout=30
             )
-            for _ in range(clients)
-        ]
-        http = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=30.0))
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
+            self.users.append(await self.stack.enter_async_context(client))
+        self.control = await self.stack.enter_async_context(httpx.AsyncClient(base_url=self.base_url))
 
-        async def one(index: int, turn: int, record: bool = True) -> None:
-            body = {
-                "message": f"client {index} turn {turn}: how is the cluster doing?",
-                "session_id": f"c{index}",
-            }
-            start = time.perf_counter()
-            try:
-                response = await users[index].post("/api/chat", json=body)
-                status = str(response.status_code)
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            elapsed = time.perf_counter() - start
-            if not record:
-                return
-            if status == "200":
-                latencies.append(elapsed)
-            else:
-                errors[status] = errors.get(status, 0) + 1
+    async def chat(self, index: int, turn: int, sink: dict[str, Any] | None) -> None:
+        body = {
+            "message": f"client {index} turn {turn}: how is the cluster doing?",
+            "session_id": f"c{index}",
+        }
+        start = time.perf_counter()
+        try:
+            status = str((await self.users[index].post("/api/chat", json=body)).status_code)
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        elapsed = time.perf_counter() - start
+        if sink is None:
+            return
+        if status == "200":
+            sink["latencies"].append(elapsed)
+        else:
+            sink["errors"][status] = sink["errors"].get(status, 0) + 1
 
-        async def staggered_client(index: int) -> None:
-            # A chat user: sends, reads the reply, thinks, sends again. Start times are spread out.
-            await asyncio.sleep(rng.uniform(0, args.think_ms / 1000))
-            for turn in range(args.requests):
-                if time.monotonic() > deadline:
-                    return
-                await one(index, turn)
-                await asyncio.sleep(args.think_ms / 1000 * rng.uniform(0.5, 1.5))
+    async def lag_reset(self) -> None:
+        assert self.control is not None
+        await self.control.post("/__bench/lag/reset")
 
-        async def measure(shape: str, body: Any) -> None:
-            latencies.clear()
-            errors.clear()
-            await http.post("/__bench/lag/reset")
-            started = time.perf_counter()
-            await body()
-            wall = time.perf_counter() - started
-            lag = (await http.get("/__bench/lag")).json()["samples"]
-            results[shape] = {"latencies": list(latencies), "errors": dict(errors), "wall": wall, "lag": lag}
+    async def lag(self) -> list[float]:
+        assert self.control is not None
+        samples: list[float] = (await self.control.get("/__bench/lag")).json()["samples"]
+        return samples
 
-        async def staggered() -> None:
-            await asyncio.gather(*(staggered_client(i) for i in range(clients)))
 
-        async def burst() -> None:
-            # All clients at the same instant, round after round: the plan's "50 concurrent chat requests".
-            for turn in range(args.rounds):
-                if time.monotonic() > deadline:
-                    return
-                await asyncio.gather(*(one(i, 1000 + turn) for i in range(clients)))
-                await asyncio.sleep(0.05)
+async def measure_shape(
+    target: Target, shape: str, args: argparse.Namespace, share: int, sink: dict[str, Any]
+) -> None:
+    """Run one share of a load shape against one variant, adding its samples to `sink`."""
+    rng = random.Random(hash((target.variant, shape, share)))
+    think = args.think_ms / 1000
 
-        await asyncio.gather(*(one(i, -w, record=False) for i in range(clients) for w in range(args.warmup)))
-        await measure("staggered", staggered)
-        await measure("burst", burst)
+    async def staggered_user(index: int) -> None:
+        # A chat user: sends, reads the reply, thinks, sends again; start times spread over one think.
+        await asyncio.sleep(rng.uniform(0, think))
+        for turn in range(args.requests // args.repeats):
+            await target.chat(index, turn, sink)
+            await asyncio.sleep(think * rng.uniform(0.5, 1.5))
+
+    await target.lag_reset()
+    started = time.perf_counter()
+    if shape == "alone":  # one user by itself: the floor, no queueing behind anyone
+        for turn in range(args.requests // args.repeats):
+            await target.chat(0, turn, sink)
+    elif shape == "staggered":
+        await asyncio.gather(*(staggered_user(i) for i in range(target.clients)))
+    else:  # burst: every user at the same instant, round after round (the plan's 50 concurrent requests)
+        for turn in range(args.rounds // args.repeats):
+            await asyncio.gather(*(target.chat(i, turn, sink) for i in range(target.clients)))
+            await asyncio.sleep(0.05)
+    sink["wall"] += time.perf_counter() - started
+    sink["lag"].extend(await target.lag())
+
+
+async def drive(targets: list[Target], args: argparse.Namespace) -> dict[tuple[str, str], dict[str, Any]]:
+    """Interleave the variants (ABBA per shape) so that noise from other work on the machine hits both."""
+    for target in targets:
+        await target.open()
+        await asyncio.gather(
+            *(target.chat(i, -1 - w, None) for i in range(target.clients) for w in range(args.warmup))
+        )
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for shape in SHAPES:
+        for share in range(args.repeats):
+            order = targets if share % 2 == 0 else list(reversed(targets))
+            for target in order:
+                sink = results.setdefault(
+                    (target.variant, shape), {"latencies": [], "errors": {}, "wall": 0.0, "lag": []}
+                )
+                await measure_shape(target, shape, args, share, sink)
     return results
 
 
-def run_variant(
-    variant: str, root: Path, redis_url: str, args: argparse.Namespace
-) -> dict[str, dict[str, Any]]:
-    workdir = root / variant
-    workdir.mkdir()
-    config = write_config(workdir, redis_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        __file__,
-        "serve",
-        "--variant",
-        variant,
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+async def run_all(
+    root: Path, redis_port: int, args: argparse.Namespace
+) -> dict[tuple[str, str], dict[str, Any]]:
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        wait_healthy(base_url, proc)
-        return asyncio.run(drive(base_url, variant, args))
+        async with contextlib.AsyncExitStack() as stack:
+            targets = []
+            for db, variant in enumerate(VARIANTS):
+                workdir = root / variant
+                workdir.mkdir()
+                # Each variant its own Redis database and data directory, one shared redis-server.
+                config = write_config(workdir, f"redis://127.0.0.1:{redis_port}/{db}")
+                port = free_port()
+                cmd = [sys.executable, __file__, "serve", "--variant", variant, "--config", str(config)]
+                procs.append(
+                    subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+                )
+                await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}", procs[-1])
+                targets.append(Target(variant, f"http://127.0.0.1:{port}", args.clients, stack))
+            return await asyncio.wait_for(drive(targets, args), TIME_LIMIT_S)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def summarise(result: dict[str, Any]) -> dict[str, float]:
@@ -327,69 +395,73 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
         "lag_p50": percentile(lag, 0.50),
         "lag_p99": percentile(lag, 0.99),
         "lag_max": max(lag, default=float("nan")),
-        "lag_n": len(lag),
     }
 
 
-def flush_all(url: str) -> None:
-    import redis  # the driver is not the server: a blocking client is fine here
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushall()
-    finally:
-        client.close()
-
-
-def main_bench(args: argparse.Namespace) -> None:
-    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=True).stdout
-    print(
-        f"bench_chat: {args.clients} clients, POST /api/chat, offline LLM provider, uvicorn 1 worker, "
-        f"redis-server {version.split()[2].removeprefix('v=')} on loopback, {os.cpu_count()} CPUs, "
-        f"load average before start {os.getloadavg()[0]:.2f}"
-    )
-    print(
-        f"  staggered: each client sends {args.requests} requests, thinking {args.think_ms} ms (x0.5-1.5) "
-        f"between reply and next message; burst: {args.rounds} rounds of {args.clients} simultaneous requests"
-    )
-    rows: dict[tuple[str, str], dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
-        root = Path(tmp)
-        server = start_redis(root / "redis")
-        try:
-            for variant in VARIANTS:
-                flush_all(server.url)
-                for shape, result in run_variant(variant, root, server.url, args).items():
-                    rows[(variant, shape)] = summarise(result)
-                    if result["errors"]:
-                        print(f"  {variant}/{shape}: errors by status: {json.dumps(result['errors'])}")
-        finally:
-            server.stop()
+def report(rows: dict[tuple[str, str], dict[str, float]], args: argparse.Namespace) -> None:
     print(
         f"{'variant':<14} {'load':<9} {'ok':>5} {'err':>4} {'req/s':>6} {'p50':>7} {'p95':>7} {'p99':>7}"
         f" {'max':>7} {'lag p50':>8} {'lag p99':>8} {'lag max':>8}"
     )
-    for (variant, shape), r in rows.items():
-        print(
-            f"{variant:<14} {shape:<9} {r['ok']:>5.0f} {r['errors']:>4.0f} {r['rps']:>6.0f} {r['p50']:>7.1f}"
-            f" {r['p95']:>7.1f} {r['p99']:>7.1f} {r['max']:>7.1f} {r['lag_p50']:>8.2f} {r['lag_p99']:>8.2f}"
-            f" {r['lag_max']:>8.2f}"
-        )
+    for shape in SHAPES:
+        for variant in VARIANTS:
+            r = rows[(variant, shape)]
+            cells = [f"{r[k]:>7.1f}" for k in ("p50", "p95", "p99", "max")]
+            cells += [f"{r[k]:>8.2f}" for k in ("lag_p50", "lag_p99", "lag_max")]
+            counts = f"{r['ok']:>5.0f} {r['errors']:>4.0f} {r['rps']:>6.0f}"
+            print(f"{variant:<14} {shape:<9} {counts} " + " ".join(cells))
     print(
         f"(latency and event-loop lag in ms; lag: perf_counter drift of a {LAG_INTERVAL_S * 1000:g} ms sleep)"
     )
-    for shape in ("staggered", "burst"):
+    for shape in SHAPES:
         a, s = rows[("async", shape)], rows[("sync-baseline", shape)]
-        print(
-            f"ratio sync-baseline/async, {shape}: p50 {s['p50'] / a['p50']:.2f}x, "
-            f"p99 {s['p99'] / a['p99']:.2f}x, lag p99 {s['lag_p99'] / a['lag_p99']:.2f}x, "
-            f"lag max {s['lag_max'] / a['lag_max']:.2f}x"
+        ratios = ", ".join(
+            f"{k.replace('_', ' ')} {s[k] / a[k]:.2f}x" for k in ("p50", "p99", "lag_p99", "lag_max")
         )
+        print(f"ratio sync-baseline/async, {shape:<9}: {ratios}")
     a = rows[("async", "staggered")]
     print(
         f"async, staggered, vs targets: p99 {a['p99']:.1f} ms (required < 100, aim < 25); "
         f"lag p99 {a['lag_p99']:.2f} ms (required < 10, aim < 5)"
     )
+
+
+def main_bench(args: argparse.Namespace) -> None:
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=True).stdout
+    network = f"behind a {args.redis_delay_ms:g} ms each-way delay proxy" if args.redis_delay_ms else "direct"
+    print(
+        f"bench_chat: {args.clients} clients, POST /api/chat, offline LLM provider, uvicorn 1 worker each, "
+        f"redis-server {version.split()[2].removeprefix('v=')} on loopback ({network}), "
+        f"{os.cpu_count()} CPUs, load average before start {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"  alone: 1 client, {args.requests} requests in a row; staggered: each client sends {args.requests} "
+        f"requests, thinking {args.think_ms} ms (x0.5-1.5) between reply and next message; burst: "
+        f"{args.rounds} rounds of {args.clients} simultaneous requests. Variants interleaved in "
+        f"{args.repeats} shares per shape."
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-chat-") as tmp:
+        root = Path(tmp)
+        server = start_redis(root / "redis")
+        proxy: subprocess.Popen[bytes] | None = None
+        try:
+            redis_port = server.port
+            if args.redis_delay_ms:
+                redis_port = free_port()
+                cmd = [sys.executable, __file__, "proxy", "--listen-port", str(redis_port)]
+                cmd += ["--target-port", str(server.port), "--delay-ms", str(args.redis_delay_ms)]
+                proxy = subprocess.Popen(cmd)
+                time.sleep(1.0)
+            results = asyncio.run(run_all(root, redis_port, args))
+        finally:
+            if proxy is not None:
+                proxy.kill()
+                proxy.wait()
+            server.stop()
+    for (variant, shape), result in results.items():
+        if result["errors"]:
+            print(f"  {variant}/{shape}: errors by status: {json.dumps(result['errors'])}")
+    report({key: summarise(result) for key, result in results.items()}, args)
 
 
 def main() -> None:
@@ -401,14 +473,22 @@ def main() -> None:
     srv.add_argument("--variant", choices=VARIANTS, required=True)
     srv.add_argument("--config", required=True)
     srv.add_argument("--port", type=int, required=True)
+    prx = sub.add_parser("proxy", help="internal: the delaying TCP proxy in front of Redis")
+    prx.add_argument("--listen-port", type=int, required=True)
+    prx.add_argument("--target-port", type=int, required=True)
+    prx.add_argument("--delay-ms", type=float, required=True)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=30, help="staggered: measured requests per client")
-    parser.add_argument("--think-ms", type=int, default=200, help="staggered: mean pause between requests")
+    parser.add_argument("--requests", type=int, default=30, help="alone/staggered: requests per client")
+    parser.add_argument("--think-ms", type=int, default=500, help="staggered: mean pause between requests")
     parser.add_argument("--rounds", type=int, default=20, help="burst: rounds of simultaneous requests")
+    parser.add_argument("--repeats", type=int, default=2, help="shares per shape, variants alternating")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured requests per client first")
+    parser.add_argument("--redis-delay-ms", type=float, default=0.0, help="one-way delay to Redis (0: none)")
     args = parser.parse_args()
     if args.command == "serve":
         serve(args.variant, args.config, args.port)
+    elif args.command == "proxy":
+        asyncio.run(delay_proxy(args.listen_port, args.target_port, args.delay_ms))
     else:
         main_bench(args)
 

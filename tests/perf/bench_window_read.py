@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import sys
 import tempfile
@@ -23,12 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.redis_server import start_redis  # noqa: E402
+
 from autobot.chat.entries import ChatEntry  # noqa: E402
 from autobot.chat.history import RedisChatHistory  # noqa: E402
 from autobot.config import RedisConfig  # noqa: E402
 from autobot.context import ContextWindowManager, ModelRegistry  # noqa: E402
 from autobot.redis_pool import create_redis  # noqa: E402
-from tests.support.redis_server import start_redis  # noqa: E402
 
 LONG, SHORT = 10_000, 20
 
@@ -68,20 +70,23 @@ async def run(url: str, reads: int, model: str | None) -> None:
         for i in range(reads):
             order = ("long", "short") if i % 2 == 0 else ("short", "long")
             for session in order:
-                results[session].append(await timed(lambda s=session: history.window(s, count)))
+                results[session].append(await timed(functools.partial(history.window, session, count)))
         for _ in range(max(1, reads // 20)):
-            results["long, whole history"].append(await timed(lambda: history.window("long", 2 * LONG)))
+            results["long, whole history"].append(
+                await timed(functools.partial(history.window, "long", 2 * LONG))
+            )
     finally:
         await client.aclose(close_connection_pool=True)
 
     print(
-        f"bench_window_read: model {spec.name}, window read = LRANGE -{count} -1 (fetch_limit {count - 1} + the "
-        f"new message); {reads} reads per session, alternating; history lengths {sizes}"
+        f"bench_window_read: model {spec.name}, window read = LRANGE -{count} -1 (fetch_limit {count - 1} "
+        f"+ the new message); {reads} reads per session, alternating; history lengths {sizes}"
     )
     print(f"{'read':<22} {'n':>5} {'mean us':>9} {'p50 us':>9} {'p99 us':>9}")
     for name, samples in results.items():
         us = [x * 1e6 for x in samples]
-        print(f"{name:<22} {len(us):>5} {sum(us) / len(us):>9.0f} {percentile(us, 0.5):>9.0f} {percentile(us, 0.99):>9.0f}")
+        mean, p50, p99 = sum(us) / len(us), percentile(us, 0.5), percentile(us, 0.99)
+        print(f"{name:<22} {len(us):>5} {mean:>9.0f} {p50:>9.0f} {p99:>9.0f}")
     long_p50, short_p50 = percentile(results["long"], 0.5), percentile(results["short"], 0.5)
     long_mean = sum(results["long"]) / len(results["long"])
     short_mean = sum(results["short"]) / len(results["short"])
@@ -90,11 +95,13 @@ async def run(url: str, reads: int, model: str | None) -> None:
         f"mean {long_mean / short_mean:.2f} (aim < 2)"
     )
     whole = percentile(results["long, whole history"], 0.5)
-    print(f"reading the whole 10,000-message history instead costs {whole / long_p50:.0f}x the window read (p50)")
+    print(f"reading the whole 10,000-message history instead costs {whole / long_p50:.0f}x the window (p50)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--model", default=None, help="registry model name (default: the registry default)")
     args = parser.parse_args()

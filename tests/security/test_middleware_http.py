@@ -22,7 +22,7 @@ from tests.support.redis_server import RedisServer, free_port, start_redis
 
 from autobot.cli.serve import load_entry_app
 from autobot.client.service_client import ServiceClient
-from autobot.config import ListenConfig, ServiceConfig
+from autobot.config import ListenConfig, RedisConfig, SecurityConfig, ServiceConfig
 from autobot.middleware.service_auth_enforcement import ServiceAuthEnforcementMiddleware
 from autobot.middleware.service_auth_logging import ServiceAuthLoggingMiddleware
 from autobot.security.audit import AuditLog
@@ -374,3 +374,29 @@ async def test_websocket_handshake_to_a_service_route_is_refused(
         )
     finally:
         audit.close()
+
+
+@pytest.mark.parametrize(("skew", "ttl"), [(400, 600), (300, 599)])
+async def test_nonce_lifetime_shorter_than_the_time_window_stops_enforcement(
+    skew: int, ttl: int, tmp_path: Path, key_root: Path, redis_server: RedisServer
+) -> None:
+    """A request is acceptable for 2 x clock_skew_s; a nonce forgotten sooner lets it be replayed."""
+    config = ServiceConfig(
+        service_id="npu-worker",
+        listen=ListenConfig(port=1),
+        redis=RedisConfig(url=redis_server.url),
+        security=SecurityConfig(
+            keys_dir=key_root / "npu-worker",
+            matrix_file=MATRIX_FILE,
+            audit_log=tmp_path / "audit.log",
+            clock_skew_s=skew,
+            nonce_ttl_s=ttl,
+        ),
+    )
+    app = ServiceAuthEnforcementMiddleware(auth_apps.create_app(config), config)
+    try:
+        assert await app.components(retry_now=True) is None
+        assert app.last_error is not None
+        assert "nonce_ttl_s" in app.last_error
+    finally:
+        await app.aclose()

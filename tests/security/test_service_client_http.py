@@ -208,3 +208,22 @@ def test_from_config_without_keys_is_a_clear_service_error(tmp_path: Path) -> No
     )
     with pytest.raises(ServiceCallError, match=r"cannot load signing keys: key directory .* does not exist"):
         ServiceClient.from_config(config)
+
+
+def test_a_keyring_that_cannot_sign_is_refused_up_front(key_root: Path, tmp_path: Path) -> None:
+    """Verifier-only keys (no master key): a clear error at start-up, not a KeyringError on every call."""
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir(mode=0o750)
+    pair = next((key_root / "npu-worker").glob("pair.*.key"))
+    (keys_dir / pair.name).write_bytes(pair.read_bytes())
+    (keys_dir / pair.name).chmod(0o640)
+    config = ServiceConfig(
+        service_id="npu-worker",
+        listen=ListenConfig(port=8081),
+        security=SecurityConfig(keys_dir=keys_dir, matrix_file=MATRIX_FILE, audit_log=Path("/dev/null")),
+        peers={"ai-stack": "http://127.0.0.1:9"},
+    )
+    with pytest.raises(ServiceCallError, match="cannot sign requests"):
+        ServiceClient.from_config(config)
+    with pytest.raises(ValueError, match="cannot sign requests"):
+        ServiceClient("npu-worker", Keyring.load_dir(keys_dir, "npu-worker"), {})

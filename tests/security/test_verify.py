@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -282,3 +285,64 @@ async def test_previous_key_version_accepted_older_refused(tmp_path: Path, redis
     assert await check(ring3, signer_v2) == 200  # previous accepted
     assert await check(ring3, signer_v3) == 200
     assert await check(ring3, signer_v1) == 401  # older than previous: refused
+
+
+@pytest.mark.parametrize("offset", [300.5, -300.5, 300.999])
+async def test_created_window_counts_fractions_of_a_second(
+    offset: float, ctx: VerifyContext, keyrings: dict[str, Keyring]
+) -> None:
+    """+-300 s means 300 s, not 300.999 s: `now` must not be truncated to whole seconds."""
+    decision = await verify_request(_signed(keyrings, created=NOW), ctx, now=NOW + offset)
+    assert (decision.status, decision.reason) == (401, "created_out_of_window")
+
+
+async def test_a_request_cannot_be_replayed_after_its_nonce_expired(
+    ctx: VerifyContext, keyrings: dict[str, Keyring], redis_client: Redis
+) -> None:
+    """The nonce lives 600 s from first use; the request must be out of its time window by then.
+
+    A signer 300 s ahead: its request is first seen 300 s before `created`, and its nonce expires
+    600 s later, i.e. 300 s after `created`. A replay from that moment on must fail the time check.
+    """
+    request = _signed(keyrings, created=NOW)
+    first = await verify_request(request, ctx, now=NOW - 300)
+    assert first.status == 200
+    nonce = header(request, b"signature-input").split(b'nonce="')[1].split(b'"')[0].decode()
+    key = nonce_key("npu-worker", "main-backend", nonce)
+    assert 599 <= await redis_client.ttl(key) <= 600
+    await redis_client.pexpire(key, 1)  # the 600 s elapse (Redis expires the key itself)
+    await asyncio.sleep(0.05)
+    assert await redis_client.exists(key) == 0
+    replay = await verify_request(request, ctx, now=NOW + 300.4)  # 600.4 s after the first use
+    assert (replay.status, replay.reason) == (401, "created_out_of_window")
+
+
+async def test_large_body_digest_does_not_stall_the_event_loop(
+    ctx: VerifyContext, keyrings: dict[str, Keyring]
+) -> None:
+    """Hashing a large body (here 64 MiB) must not freeze every other request on the loop."""
+    body = secrets.token_bytes(1024) * 64 * 1024
+    request = _signed(keyrings, body=body)
+    started = time.perf_counter()
+    hashlib.sha256(body).digest()
+    hash_s = time.perf_counter() - started
+    gaps: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        decision = await verify_request(request, ctx, now=NOW)
+    finally:
+        done = True
+        await ticking
+    assert decision.status == 200, decision
+    assert max(gaps) < hash_s / 2, (max(gaps), hash_s)

@@ -125,7 +125,20 @@ async def test_memory_of_recent_sessions_is_bounded(tmp_path: Path) -> None:
     for session in ("a", "b", "c", "a"):
         await store.append(session, [_entry(0)])
     assert list(store._snapshots) == ["c", "a"]
-    assert [len((await store.load(s) or pytest.fail()).messages) for s in "abc"] == [2, 1, 1]
+    loaded = [await store.load(s) for s in "abc"]
+    assert [len(t.messages) if t else 0 for t in loaded] == [2, 1, 1]
+
+
+async def test_aclose_lets_queued_writes_finish_and_the_store_stays_usable(tmp_path: Path) -> None:
+    store = TranscriptStore(tmp_path, io_threads=2)
+    writes = [asyncio.create_task(store.append(f"s{i}", [_entry(i)])) for i in range(20)]
+    await asyncio.sleep(0.01)
+    await store.aclose()
+    await asyncio.gather(*writes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"s{i}.json" for i in range(20))
+    await store.append("s0", [_entry(1)])  # a later call starts new threads
+    assert json.loads((tmp_path / "s0.json").read_bytes())["message_count"] == 2
+    await store.aclose()
 
 
 def test_set_aside_never_overwrites_an_earlier_copy(tmp_path: Path) -> None:

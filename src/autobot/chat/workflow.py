@@ -104,7 +104,6 @@ class _Turn:
     user: ChatEntry
     spec: ModelSpec
     window: Window
-    history_read: int
 
 
 def history_before(entries: Sequence[ChatEntry], entry_id: str) -> list[ChatEntry]:
@@ -183,7 +182,10 @@ class ChatWorkflowManager:
 
     async def aclose(self) -> None:
         self._initialized = False
-        await self.provider.aclose()
+        try:
+            await self.provider.aclose()
+        finally:
+            await self.transcripts.aclose()
 
     async def chat(self, session_id: str, message: str, model: str | None = None) -> ChatResult:
         turn = await self._begin(session_id, message, model)
@@ -235,7 +237,7 @@ class ChatWorkflowManager:
         window = self.windows.build(
             spec, self.system_prompt, [e.to_message() for e in history], user.to_message()
         )
-        return _Turn(session_id=session_id, user=user, spec=spec, window=window, history_read=len(history))
+        return _Turn(session_id=session_id, user=user, spec=spec, window=window)
 
     async def _finish(self, turn: _Turn, text: str) -> ChatResult:
         reply = ChatEntry.new("assistant", text)
@@ -290,11 +292,12 @@ class ChatWorkflowManager:
     async def _session_model(self, session_id: str) -> str | None:
         return await self._history_call(session_id, self.history.session_model(session_id))
 
-    async def _history_call(self, session_id: str, call: Awaitable[T], saved: ChatEntry | None = None) -> T:
+    async def _history_call(self, session_id: str, call: Awaitable[T]) -> T:
+        """Await a read-side history call; Redis trouble becomes ChatUnavailableError (nothing was saved)."""
         try:
             result = await call
         except HistoryUnavailableError as exc:
-            raise ChatUnavailableError(session_id, [saved.id] if saved else [], str(exc)) from exc
+            raise ChatUnavailableError(session_id, [], str(exc)) from exc
         return result
 
     def _require_initialized(self) -> None:

@@ -79,6 +79,10 @@ class ServiceClient:
             raise ValueError(f"keyring belongs to {keyring.service_id!r}, not {service_id!r}")
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        try:  # verifier-only keys (no master key) would otherwise fail on every call, as a KeyringError
+            keyring.signing_key_id  # noqa: B018
+        except KeyringError as exc:
+            raise ValueError(str(exc)) from exc
         self.service_id = service_id
         self._keyring = keyring
         self._peers = {name: url.rstrip("/") for name, url in peers.items()}
@@ -102,6 +106,7 @@ class ServiceClient:
             )
         try:
             keyring = Keyring.load_dir(config.security.keys_dir, config.service_id)
+            keyring.signing_key_id  # noqa: B018 (raises when the keys cannot sign)
         except KeyringError as exc:
             raise ServiceCallError(f"{config.service_id}: cannot load signing keys: {exc}") from exc
         return cls(config.service_id, keyring, config.peers, **options)

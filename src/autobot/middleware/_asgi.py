@@ -69,6 +69,12 @@ class _Body:
     too_large: bool = False
     disconnected: bool = False
 
+    def joined(self) -> bytes:
+        """The whole body, joined once (the verifier and the replay to the app share the one copy)."""
+        if len(self.chunks) != 1:
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0]
+
 
 async def read_body(receive: Receive, limit: int, declared_length: int | None) -> _Body:
     """Buffer the request body up to `limit` bytes; stop early (too_large) once it is exceeded."""
@@ -98,7 +104,7 @@ def replaying_receive(body: _Body, receive: Receive) -> Receive:
         pending = deque(body.chunks)
         more_after = body.more_after
     else:
-        pending = deque([b"".join(body.chunks)])
+        pending = deque([body.joined()])
         more_after = False
 
     async def replay() -> Message:
@@ -229,6 +235,14 @@ class ServiceAuthMiddlewareBase:
                 )
             return security
 
+        skew = security.clock_skew_s if security else 300
+        nonce_ttl = security.nonce_ttl_s if security else 600
+        if self._nonces is None and nonce_ttl < 2 * skew:
+            # A request passes the time check for 2 x skew seconds; a nonce forgotten sooner can be replayed.
+            raise AuthSetupError(
+                f"{self.service_id}: security.nonce_ttl_s ({nonce_ttl}) must be at least twice "
+                f"security.clock_skew_s ({skew}), or a request could be replayed once its nonce expired"
+            )
         keyring = self._keyring
         if keyring is None:
             keyring = await asyncio.to_thread(Keyring.load_dir, required("keyring").keys_dir, self.service_id)
@@ -248,19 +262,20 @@ class ServiceAuthMiddlewareBase:
                         f"{self.service_id}: no redis client given and no config to build one"
                     )
                 try:
-                    redis = owned_redis = create_redis(self._config.redis)
+                    # In a thread: it reads the password file. No connection is made yet.
+                    redis = owned_redis = await asyncio.to_thread(create_redis, self._config.redis)
                 except Exception:
                     if self._audit is None:
                         await asyncio.to_thread(audit.close)
                     raise
-            nonces = NonceStore(redis, security.nonce_ttl_s if security else 600)
+            nonces = NonceStore(redis, nonce_ttl)
         ctx = VerifyContext(
             callee=self.service_id,
             keyring=keyring,
             matrix=matrix,
             nonces=nonces,
             algorithm=security.algorithm if security else "hmac-sha256",
-            clock_skew_s=security.clock_skew_s if security else 300,
+            clock_skew_s=skew,
         )
         return _Components(ctx=ctx, audit=audit, owned_redis=owned_redis, owns_audit=self._audit is None)
 
@@ -287,10 +302,12 @@ class ServiceAuthMiddlewareBase:
         components, self._components = self._components, None
         if components is None:
             return
-        if components.owned_redis is not None:
-            await components.owned_redis.aclose(close_connection_pool=True)
-        if components.owns_audit:
-            await asyncio.to_thread(components.audit.close)
+        try:
+            if components.owned_redis is not None:
+                await components.owned_redis.aclose(close_connection_pool=True)
+        finally:  # the audit lines still queued are written whatever happened to Redis
+            if components.owns_audit:
+                await asyncio.to_thread(components.audit.close)
 
     # -- lifespan --
 
@@ -322,8 +339,9 @@ class ServiceAuthMiddlewareBase:
             await self.on_refused(scope, receive, send, refused)
             return
         ctx = components.ctx
+        target = ctx.classify(method, raw_path, query_string)
         body = _Body(chunks=[])
-        if scope["type"] == "http" and ctx.needs_body(method, raw_path, query_string):
+        if scope["type"] == "http" and target.needs_body:
             body = await read_body(receive, self._max_body_bytes, _declared_length(scope))
             if body.disconnected:
                 return
@@ -336,9 +354,9 @@ class ServiceAuthMiddlewareBase:
                 raw_path=raw_path,
                 query_string=query_string,
                 headers=scope.get("headers", ()),
-                body=b"".join(body.chunks),
+                body=body.joined(),
             )
-            decision = await verify_request(request, ctx, now=self._clock())
+            decision = await verify_request(request, ctx, now=self._clock(), target=target)
         components.audit.write(
             audit_record(
                 decision=decision,

@@ -8,7 +8,9 @@ both sides derive every component from the same bytes with the same code. Struct
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import re
 from collections.abc import Sequence
 
 from http_sfv.dictionary import Dictionary
@@ -20,6 +22,10 @@ COVERED_COMPONENTS: tuple[str, ...] = ("@method", "@path", "@query", "content-di
 DIGEST_ALGORITHM = "sha-256"
 
 ParamValue = int | str
+# sf-integer range (RFC 8941 3.3.1) and sf-string characters that need no escaping (RFC 8941 3.3.3).
+_MAX_SF_INTEGER = 999_999_999_999_999
+_PLAIN_SF_STRING = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+_SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
 
 
 class CanonicalError(ValueError):
@@ -38,9 +44,36 @@ def signature_params_list(components: Sequence[str], params: Sequence[tuple[str,
     return inner
 
 
+@functools.lru_cache(maxsize=32)
+def _serialized_components(components: tuple[str, ...]) -> str:
+    return str(InnerList(list(components)))
+
+
+def _serialized_param(name: str, value: ParamValue) -> str | None:
+    """`;name=value` for the plain cases (the ones on the request path), else None (left to http_sfv)."""
+    if _SF_KEY.fullmatch(name) is None:
+        return None
+    if type(value) is int and -_MAX_SF_INTEGER <= value <= _MAX_SF_INTEGER:
+        return f";{name}={value}"
+    if type(value) is str and _PLAIN_SF_STRING.fullmatch(value) is not None:
+        return f';{name}="{value}"'
+    return None
+
+
 def serialize_signature_params(components: Sequence[str], params: Sequence[tuple[str, ParamValue]]) -> str:
-    """The `@signature-params` value, e.g. `("@method" "@path");created=1;keyid="a:v1"`."""
-    return str(signature_params_list(components, params))
+    """The `@signature-params` value, e.g. `("@method" "@path");created=1;keyid="a:v1"`.
+
+    Byte-for-byte what http_sfv serializes (a test holds them equal). The component list is serialized once
+    per distinct list, and integers and strings that need no escaping are written directly: serializing a
+    whole InnerList per request cost the verifier about a fifth of its CPU time.
+    """
+    parts = [_serialized_components(tuple(components))]
+    for name, value in params:
+        part = _serialized_param(name, value)
+        if part is None:
+            return str(signature_params_list(components, params))
+        parts.append(part)
+    return "".join(parts)
 
 
 def _check_value(name: str, value: str) -> None:

@@ -8,6 +8,7 @@ characters and an optional newline. Errors name the file, never its content.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -168,13 +169,20 @@ class Keyring:
         version = self.current_version
         return KeyId(self.service_id, version), derive_pair_key(self.masters[version], callee)
 
-    @property
+    # Both are asked on every verified request; the keyring never changes after loading, so they are
+    # computed once (cached_property writes the instance __dict__, which a frozen dataclass allows).
+    @functools.cached_property
     def callers(self) -> frozenset[str]:
         return frozenset(self.pair_keys)
 
+    @functools.cached_property
+    def _accepted_pair_keys(self) -> Mapping[tuple[str, int], bytes]:
+        return {
+            (caller, version): versions[version]
+            for caller, versions in self.pair_keys.items()
+            for version in accepted_versions(set(versions))
+        }
+
     def verification_key(self, key_id: KeyId) -> bytes | None:
         """The pair key for a caller's key id if that version is accepted (current or previous), else None."""
-        versions = self.pair_keys.get(key_id.service)
-        if versions is None or key_id.version not in accepted_versions(set(versions)):
-            return None
-        return versions[key_id.version]
+        return self._accepted_pair_keys.get((key_id.service, key_id.version))

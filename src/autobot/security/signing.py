@@ -14,8 +14,10 @@ from autobot.security.canonical import (
     ALGORITHM,
     COVERED_COMPONENTS,
     SIGNATURE_LABEL,
+    ParamValue,
     content_digest,
     request_components,
+    serialize_signature_params,
     signature_base,
     signature_params_list,
 )
@@ -61,11 +63,12 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(16)
 
 
+def _params(created: int, nonce: str, key_id: KeyId, algorithm: str) -> list[tuple[str, ParamValue]]:
+    return [("created", created), ("nonce", nonce), ("keyid", str(key_id)), ("alg", algorithm)]
+
+
 def signature_params(*, created: int, nonce: str, key_id: KeyId, algorithm: str = ALGORITHM) -> InnerList:
-    return signature_params_list(
-        COVERED_COMPONENTS,
-        [("created", created), ("nonce", nonce), ("keyid", str(key_id)), ("alg", algorithm)],
-    )
+    return signature_params_list(COVERED_COMPONENTS, _params(created, nonce, key_id, algorithm))
 
 
 def sign_request(
@@ -81,7 +84,7 @@ def sign_request(
 ) -> SignedHeaders:
     """The four headers that authenticate a request, for the exact target bytes and body that will be sent."""
     digest = content_digest(body)
-    params = signature_params(created=created, nonce=nonce, key_id=key_id)
+    params = serialize_signature_params(COVERED_COMPONENTS, _params(created, nonce, key_id, ALGORITHM))
     components = request_components(
         method=method,
         raw_path=raw_path,
@@ -89,10 +92,11 @@ def sign_request(
         content_digest=digest,
         service_id=key_id.service,
     )
-    mac = compute_mac(key, signature_base(components, str(params)))
+    mac = compute_mac(key, signature_base(components, params))
     return SignedHeaders(
         service_id=key_id.service,
         content_digest=digest,
-        signature_input=str(Dictionary({SIGNATURE_LABEL: params})),
+        # A one-member Dictionary serializes as `<label>=<inner list>`: the params text is reused as is.
+        signature_input=f"{SIGNATURE_LABEL}={params}",
         signature=str(Dictionary({SIGNATURE_LABEL: mac})),
     )

@@ -26,7 +26,7 @@ from starlette.types import Scope
 from autobot.chat.entries import SESSION_ID_MAX_LENGTH, InvalidSessionIdError, validate_session_id
 from autobot.chat.transcripts import TranscriptStorageError, TranscriptStore
 from autobot.chat.workflow import ChatUnavailableError, ChatWorkflowManager, EmptyMessageError
-from autobot.config import BackendConfig, ServiceConfig
+from autobot.config import BackendConfig, ConfigError, ServiceConfig
 from autobot.context import ContextTooLargeError, ContextWindowManager, ModelRegistry
 from autobot.llm import LLMError, LLMUnavailableError, ProviderBuilder, make_provider
 from autobot.llm.ai_stack import ai_stack_builders
@@ -93,7 +93,7 @@ class ChatRequest(BaseModel):
 
 def _backend_config(config: ServiceConfig) -> BackendConfig:
     if config.backend is None:
-        raise ValueError(f"service {config.service_id!r} has no 'backend' section; main-backend needs one")
+        raise ConfigError(f"service {config.service_id!r} has no 'backend' section; main-backend needs one")
     return config.backend
 
 
@@ -172,11 +172,11 @@ def _install_domain_errors(app: FastAPI) -> None:
 def _domain_error(exc: Exception) -> JSONResponse:
     # Most specific classes first: FileTooLargeError and UnknownFileError are FileStoreErrors, etc.
     if isinstance(exc, ChatUnavailableError):
+        saved = " Your message was saved to the session transcript." if exc.saved_ids else ""
         return error_response(
             503,
             "history_unavailable",
-            "the chat history store (Redis) is unavailable; try again shortly. Your message was saved to "
-            f"the session transcript. ({exc})",
+            f"the chat history store (Redis) is unavailable; try again shortly.{saved} ({exc})",
             saved_message_ids=list(exc.saved_ids),
         )
     if isinstance(exc, TranscriptStorageError):
