@@ -179,7 +179,7 @@ def serve(variant: str, config_path: str, port: int) -> None:
 
 async def delay_proxy(listen_port: int, target_port: int, delay_ms: float) -> None:
     """Forward TCP to 127.0.0.1:target_port, holding every chunk `delay_ms` in each direction: Redis on
-    another machine, as in production (its host is 172.16.168.23, never reached from here)."""
+    another machine, as in production."""
     delay = delay_ms / 1000
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

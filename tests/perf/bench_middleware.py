@@ -5,7 +5,9 @@ Each variant runs in its own uvicorn process on loopback (uvloop/httptools when 
 redis-server for the nonce store. The client sends identical, pre-signed POSTs (1 KiB body, one nonce each)
 over C keep-alive connections for a fixed count, so the only difference is the middleware, and the client
 (raw asyncio streams, no signing on the clock) is not the bottleneck. The variants
-alternate for R rounds; the best round of each is compared (the least disturbed by other load). Not a test.
+alternate for R rounds; the best round of each is compared (the least disturbed by other load). On Linux it
+also reports the CPU time each server process used per request (from /proc), which other load on a shared
+machine disturbs far less than requests/s. Not a test.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import socket
 import statistics
 import sys
@@ -74,6 +77,15 @@ def _wait_listening(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"server on port {port} did not start")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _presigned(signer: Keyring, port: int, count: int) -> list[bytes]:
@@ -150,6 +162,7 @@ def main() -> None:
             for port in ports.values():
                 _wait_listening(port)
             results: dict[str, list[tuple[float, list[float]]]] = {v: [] for v in ports}
+            cpu_us: dict[str, list[float]] = {v: [] for v in ports}
 
             async def run_all() -> None:
                 for port in ports.values():  # warm-up: connections, caches, lazy component build
@@ -157,7 +170,12 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for variant, port in ports.items():
                         batch = _presigned(signer, port, args.requests)
+                        pid = servers[variant].pid
+                        before = _cpu_seconds(pid) if pid is not None else None
                         results[variant].append(await _load(port, batch, args.concurrency))
+                        after = _cpu_seconds(pid) if pid is not None else None
+                        if before is not None and after is not None:
+                            cpu_us[variant].append((after - before) / args.requests * 1e6)
 
             asyncio.run(run_all())
         finally:
@@ -180,6 +198,13 @@ def main() -> None:
         print(
             f"  {variant:<12} best {max(rps):7.0f} req/s  (rounds: {', '.join(f'{x:.0f}' for x in rps)})"
             f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+        )
+    if all(cpu_us.values()):
+        cpu = {variant: min(values) for variant, values in cpu_us.items()}
+        print(
+            f"  server CPU per request (best round): plain {cpu['plain']:.0f} us, "
+            f"enforcement {cpu['enforcement']:.0f} us, added {cpu['enforcement'] - cpu['plain']:.0f} us "
+            f"({(cpu['enforcement'] / cpu['plain'] - 1) * 100:.0f}%)"
         )
     overhead = (best["plain"] / best["enforcement"] - 1) * 100
     added_us = (1 / best["enforcement"] - 1 / best["plain"]) * 1e6

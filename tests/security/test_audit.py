@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,3 +85,22 @@ def test_close_flushes_and_later_writes_are_not_silently_lost(
 def test_unopenable_log_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(AuditLogError, match="cannot open audit log"):
         AuditLog.open(tmp_path / "missing-dir" / "audit.log")
+
+
+def test_lines_are_batched_but_flush_and_close_do_not_wait_for_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    log = AuditLog(path, fd, batch_interval_s=30.0)  # a line alone would wait up to 30 s
+    try:
+        for n in range(3):
+            log.write(_record(n))
+        started = time.monotonic()
+        assert log.flush(timeout=10.0)
+        assert time.monotonic() - started < 5.0
+        assert len(path.read_text().splitlines()) == 3
+        log.write(_record(3))
+        started = time.monotonic()
+    finally:
+        log.close(timeout=10.0)
+    assert time.monotonic() - started < 5.0
+    assert len(path.read_text().splitlines()) == 4

@@ -320,29 +320,15 @@ async def test_a_request_cannot_be_replayed_after_its_nonce_expired(
 async def test_large_body_digest_does_not_stall_the_event_loop(
     ctx: VerifyContext, keyrings: dict[str, Keyring]
 ) -> None:
-    """Hashing a large body (here 64 MiB) must not freeze every other request on the loop."""
+    """Hashing a large body (here 64 MiB) must not run on the event-loop thread, where it would freeze every
+    other request. Measured in CPU time of this thread, so other load on the machine cannot disturb it."""
     body = secrets.token_bytes(1024) * 64 * 1024
     request = _signed(keyrings, body=body)
-    started = time.perf_counter()
+    started = time.thread_time()
     hashlib.sha256(body).digest()
-    hash_s = time.perf_counter() - started
-    gaps: list[float] = []
-    done = False
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    try:
-        decision = await verify_request(request, ctx, now=NOW)
-    finally:
-        done = True
-        await ticking
+    hash_cpu_s = time.thread_time() - started
+    started = time.thread_time()
+    decision = await verify_request(request, ctx, now=NOW)
+    loop_cpu_s = time.thread_time() - started
     assert decision.status == 200, decision
-    assert max(gaps) < hash_s / 2, (max(gaps), hash_s)
+    assert loop_cpu_s < hash_cpu_s / 2, (loop_cpu_s, hash_cpu_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +29,35 @@ def host_groups(host: Any) -> list[str]:
     """The inventory groups of the host testinfra is checking."""
     groups: list[str] = host.ansible.get_variables().get("group_names", [])
     return groups
+
+
+def host_service(host: Any, services: dict[str, Any]) -> str:
+    """The service id of the machine testinfra is checking (from its group, as the inventory derives it)."""
+    groups = set(host_groups(host))
+    [service_id] = [sid for sid, svc in services.items() if svc["group"] in groups]
+    return service_id
+
+
+@pytest.fixture(scope="session")
+def ansible_verbose_converge() -> str:
+    """Converge once more at -v, as an operator debugging would, and return everything it printed."""
+    ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not ephemeral:
+        pytest.skip("needs Molecule's inventory (run through molecule verify)")
+    result = subprocess.run(
+        [
+            "ansible-playbook",
+            "-v",
+            "-i",
+            f"{ephemeral}/inventory",
+            str(REPO / "molecule/resources/converge.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=900,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return output

@@ -24,7 +24,7 @@ DIGEST_ALGORITHM = "sha-256"
 ParamValue = int | str
 # sf-integer range (RFC 8941 3.3.1) and sf-string characters that need no escaping (RFC 8941 3.3.3).
 _MAX_SF_INTEGER = 999_999_999_999_999
-_PLAIN_SF_STRING = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+_PLAIN_SF_STRING = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 _SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
 
 

@@ -50,7 +50,8 @@ class SignedHeaders:
 
 
 def compute_mac(key: bytes, base: bytes) -> bytes:
-    return hmac.new(key, base, hashlib.sha256).digest()
+    # The one-shot form skips building an HMAC object: half the cost, same bytes.
+    return hmac.digest(key, base, hashlib.sha256)
 
 
 def mac_matches(key: bytes, base: bytes, signature: bytes) -> bool:

@@ -1,0 +1,44 @@
+"""Filters that turn the controller's secrets into what each machine receives.
+
+They call the deployed package's own functions (autobot.security.*), so derivation exists exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+try:
+    from autobot.security.backup import encrypt_backup
+    from autobot.security.distribution import DistributionError, machine_key_files
+    from autobot.security.keyring_file import KeyringFileError, dump_keyring, parse_keyring
+except ImportError as exc:  # pragma: no cover
+    raise AnsibleFilterError(
+        "the autobot package is not importable by the controller's Python: run from the toolkit's virtualenv"
+    ) from exc
+
+
+def autobot_key_files(
+    keyring: dict[str, Any], services: dict[str, Any], service_id: str
+) -> list[dict[str, str]]:
+    """[{name, content}] of the key files for the machine running `service_id`."""
+    try:
+        files = machine_key_files(parse_keyring(keyring, source="secrets keyring"), services, service_id)
+    except (DistributionError, KeyringFileError) as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return [{"name": name, "content": content} for name, content in files.items()]
+
+
+def autobot_keyring_backup(keyring: dict[str, Any], backup_key_hex: str, environment: str) -> str:
+    """The AES-GCM blob of the keyring written to Redis (deterministic, so it can be compared)."""
+    try:
+        text = dump_keyring(parse_keyring(keyring, source="secrets keyring"))
+        return encrypt_backup(text.encode("utf-8"), bytes.fromhex(backup_key_hex), environment)
+    except (KeyringFileError, ValueError) as exc:
+        raise AnsibleFilterError(f"cannot build the keyring backup: {exc}") from None
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"autobot_key_files": autobot_key_files, "autobot_keyring_backup": autobot_keyring_backup}
