@@ -1,8 +1,11 @@
-"""What the HTTP providers share: the client settings and the mapping of HTTP failures to LLM errors."""
+"""What the HTTP providers share: the client settings, the mapping of HTTP failures to LLM errors, and
+`ChatEndpoint`, the JSON POST (whole or streamed) both runtimes' chat APIs are called with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -74,3 +77,56 @@ def parse_object(provider: str, url: str, payload: bytes | str) -> dict[str, Any
 def optional_int(data: dict[str, Any], key: str) -> int | None:
     value = data.get(key)
     return value if type(value) is int else None
+
+
+class ChatEndpoint:
+    """One runtime's chat URL: POSTs a JSON body and raises every transport or HTTP failure as an LLM error
+    naming the provider and the URL. The wire format of the answer is left to the provider."""
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        path: str,
+        *,
+        timeout_s: float,
+        client: httpx.AsyncClient | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.path = path
+        self.url = base_url + path
+        # Sent per request rather than set on the client, so an injected client is left as it was given.
+        self._headers = dict(headers) if headers else None
+        # An injected client belongs to whoever made it; only our own is closed by aclose().
+        self._owns_client = client is None
+        self._client = client or make_client(base_url, timeout_s)
+
+    async def post_json(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The answer to `body`, parsed as a JSON object."""
+        try:
+            response = await self._client.post(self.path, json=body, headers=self._headers)
+        except httpx.TransportError as exc:
+            raise transport_error(self.provider, self.url, exc) from exc
+        if response.status_code >= 400:
+            raise status_error(self.provider, self.url, response.status_code, response.content)
+        return parse_object(self.provider, self.url, response.content)
+
+    @contextlib.asynccontextmanager
+    async def stream_lines(self, body: Mapping[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
+        """The answer to `body` as text lines, while the block runs; the response is closed when it ends.
+
+        A context manager, not a generator: a provider returning early (on its end-of-stream marker) must
+        release the connection at once, not whenever a half-read generator is collected.
+        """
+        try:
+            async with self._client.stream("POST", self.path, json=body, headers=self._headers) as response:
+                if response.status_code >= 400:
+                    raise status_error(self.provider, self.url, response.status_code, await response.aread())
+                yield response.aiter_lines()
+        except httpx.TransportError as exc:
+            raise transport_error(self.provider, self.url, exc) from exc
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()

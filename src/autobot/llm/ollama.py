@@ -10,14 +10,7 @@ from typing import Any
 import httpx
 
 from autobot.context.registry import ModelSpec
-from autobot.llm._http import (
-    check_base_url,
-    make_client,
-    optional_int,
-    parse_object,
-    status_error,
-    transport_error,
-)
+from autobot.llm._http import ChatEndpoint, check_base_url, optional_int, parse_object
 from autobot.llm.base import Completion, LLMError, LLMResponseError, LLMUnavailableError
 from autobot.messages import Message
 
@@ -29,10 +22,8 @@ class OllamaProvider:
 
     def __init__(self, base_url: str, *, timeout_s: float, client: httpx.AsyncClient | None = None) -> None:
         self.base_url = check_base_url(self.name, base_url)
-        self._url = self.base_url + CHAT_PATH
-        # An injected client belongs to whoever made it; only our own is closed by aclose().
-        self._owns_client = client is None
-        self._client = client or make_client(self.base_url, timeout_s)
+        self._endpoint = ChatEndpoint(self.name, self.base_url, CHAT_PATH, timeout_s=timeout_s, client=client)
+        self._url = self._endpoint.url
 
     def request_body(
         self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int, stream: bool
@@ -46,13 +37,7 @@ class OllamaProvider:
 
     async def complete(self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int) -> Completion:
         body = self.request_body(messages, model=model, max_tokens=max_tokens, stream=False)
-        try:
-            response = await self._client.post(CHAT_PATH, json=body)
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, self._url, exc) from exc
-        if response.status_code >= 400:
-            raise status_error(self.name, self._url, response.status_code, response.content)
-        data = parse_object(self.name, self._url, response.content)
+        data = await self._endpoint.post_json(body)
         if "error" in data:
             raise LLMError(f"{self.name}: {self._url} answered an error: {data['error']}")
         return Completion(
@@ -67,24 +52,19 @@ class OllamaProvider:
         self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int
     ) -> AsyncIterator[str]:
         body = self.request_body(messages, model=model, max_tokens=max_tokens, stream=True)
-        try:
-            async with self._client.stream("POST", CHAT_PATH, json=body) as response:
-                if response.status_code >= 400:
-                    raise status_error(self.name, self._url, response.status_code, await response.aread())
-                # NDJSON: one object per line, the last with "done": true; errors arrive as {"error": ...}.
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    data = parse_object(self.name, self._url, line)
-                    if "error" in data:
-                        raise LLMError(f"{self.name}: {self._url} failed mid-stream: {data['error']}")
-                    chunk = self._content(data)
-                    if chunk:
-                        yield chunk
-                    if data.get("done") is True:
-                        return
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, self._url, exc) from exc
+        async with self._endpoint.stream_lines(body) as lines:
+            # NDJSON: one object per line, the last with "done": true; errors arrive as {"error": ...}.
+            async for line in lines:
+                if not line.strip():
+                    continue
+                data = parse_object(self.name, self._url, line)
+                if "error" in data:
+                    raise LLMError(f"{self.name}: {self._url} failed mid-stream: {data['error']}")
+                chunk = self._content(data)
+                if chunk:
+                    yield chunk
+                if data.get("done") is True:
+                    return
         raise LLMUnavailableError(f"{self.name}: {self._url} ended the stream before it was done")
 
     def _content(self, data: dict[str, Any]) -> str:
@@ -99,5 +79,4 @@ class OllamaProvider:
         return content
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        await self._endpoint.aclose()

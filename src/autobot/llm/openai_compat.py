@@ -12,14 +12,7 @@ from typing import Any
 import httpx
 
 from autobot.context.registry import ModelSpec
-from autobot.llm._http import (
-    check_base_url,
-    make_client,
-    optional_int,
-    parse_object,
-    status_error,
-    transport_error,
-)
+from autobot.llm._http import ChatEndpoint, check_base_url, optional_int, parse_object
 from autobot.llm.base import Completion, LLMError, LLMResponseError, LLMUnavailableError
 from autobot.messages import Message
 
@@ -40,11 +33,11 @@ class OpenAICompatProvider:
         base = check_base_url(self.name, base_url)
         # Accept both conventions: "http://host:8000" and the OpenAI SDK's "http://host:8000/v1".
         self.base_url = base.removesuffix("/v1")
-        self._url = self.base_url + CHAT_PATH
-        # Sent per request rather than set on the client, so an injected client is left as it was given.
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._owns_client = client is None
-        self._client = client or make_client(self.base_url, timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._endpoint = ChatEndpoint(
+            self.name, self.base_url, CHAT_PATH, timeout_s=timeout_s, client=client, headers=headers
+        )
+        self._url = self._endpoint.url
 
     def request_body(
         self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int, stream: bool
@@ -58,13 +51,7 @@ class OpenAICompatProvider:
 
     async def complete(self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int) -> Completion:
         body = self.request_body(messages, model=model, max_tokens=max_tokens, stream=False)
-        try:
-            response = await self._client.post(CHAT_PATH, json=body, headers=self._headers)
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, self._url, exc) from exc
-        if response.status_code >= 400:
-            raise status_error(self.name, self._url, response.status_code, response.content)
-        data = parse_object(self.name, self._url, response.content)
+        data = await self._endpoint.post_json(body)
         self._raise_for_error(data)
         message = self._first_choice(data).get("message")
         content = message.get("content") if isinstance(message, dict) else None
@@ -85,28 +72,23 @@ class OpenAICompatProvider:
         self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int
     ) -> AsyncIterator[str]:
         body = self.request_body(messages, model=model, max_tokens=max_tokens, stream=True)
-        try:
-            async with self._client.stream("POST", CHAT_PATH, json=body, headers=self._headers) as response:
-                if response.status_code >= 400:
-                    raise status_error(self.name, self._url, response.status_code, await response.aread())
-                # Server-sent events: `data: {json}` lines, blank lines between events, `data: [DONE]` last.
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, `: keep-alive` comments, `event:` lines
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    data = parse_object(self.name, self._url, payload)
-                    self._raise_for_error(data)
-                    choices = data.get("choices")
-                    if not choices:
-                        continue  # e.g. a final usage-only chunk
-                    delta = self._first_choice(data).get("delta")
-                    chunk = delta.get("content") if isinstance(delta, dict) else None
-                    if isinstance(chunk, str) and chunk:
-                        yield chunk
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, self._url, exc) from exc
+        async with self._endpoint.stream_lines(body) as lines:
+            # Server-sent events: `data: {json}` lines, blank lines between events, `data: [DONE]` last.
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue  # blank separators, `: keep-alive` comments, `event:` lines
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                data = parse_object(self.name, self._url, payload)
+                self._raise_for_error(data)
+                choices = data.get("choices")
+                if not choices:
+                    continue  # e.g. a final usage-only chunk
+                delta = self._first_choice(data).get("delta")
+                chunk = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(chunk, str) and chunk:
+                    yield chunk
         raise LLMUnavailableError(f"{self.name}: {self._url} ended the stream without [DONE]")
 
     def _raise_for_error(self, data: dict[str, Any]) -> None:
@@ -122,5 +104,4 @@ class OpenAICompatProvider:
         return choices[0]
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        await self._endpoint.aclose()

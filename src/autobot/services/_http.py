@@ -13,6 +13,8 @@ What each service gets from here, so they all behave the same at the edges:
 - `lifespan_with_stack(setup)`: a lifespan whose resources are closed in reverse order on shutdown, and also
   when start-up fails half way (so a failed start never leaks a pool or a file handle).
 - `sse_event(event, data)`: one server-sent event, JSON data.
+- `service_app(...)` and `open_redis(...)`: the scaffolding every service's `create_app` starts from (the
+  above wired together the same way in each), so a service only adds its own routes and resources.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from autobot.config import RedisConfig
+from autobot.redis_pool import create_redis
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +249,45 @@ def sse_event(event: str, data: Mapping[str, Any]) -> bytes:
     """Encode one server-sent event; JSON data stays on one line, so no payload can break the framing."""
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+def post_body_limit(max_bytes: int) -> Callable[[Scope], int | None]:
+    """A `BodySizeLimitMiddleware` limit: `max_bytes` for POST bodies, none for other methods."""
+
+    def limit_for(scope: Scope) -> int | None:
+        return max_bytes if scope["method"] == "POST" else None
+
+    return limit_for
+
+
+def open_redis(config: RedisConfig, stack: contextlib.AsyncExitStack, readiness: Readiness) -> Redis:
+    """Open the service's Redis client inside a lifespan: closed with `stack`, probed as readiness "redis".
+
+    The readiness checks are cleared when the stack unwinds, so a stopped (or half-started) service never
+    reports ready.
+    """
+    redis = create_redis(config)
+    stack.push_async_callback(redis.aclose, close_connection_pool=True)
+    readiness.add("redis", redis_ping_check(redis))
+    stack.callback(readiness.clear)
+    return redis
+
+
+def service_app(
+    service_id: str,
+    setup: LifespanSetup,
+    readiness: Readiness,
+    *,
+    body_limit: Callable[[Scope], int | None],
+    expose_docs: bool = True,
+) -> FastAPI:
+    """The app every service starts from: lifespan from `setup`, JSON errors, body size limit, health routes.
+
+    `readiness` is the one `setup` fills in; `expose_docs=False` drops /docs, /redoc and /openapi.json.
+    """
+    docs: dict[str, Any] = {} if expose_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title=f"AutoBot {service_id}", lifespan=lifespan_with_stack(setup), **docs)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit)
+    add_health_routes(app, service_id, readiness)
+    return app

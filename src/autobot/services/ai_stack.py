@@ -22,16 +22,7 @@ from autobot.context.window import ContextTooLargeError, ContextWindowManager, W
 from autobot.llm.base import Completion, LLMError, LLMProvider, LLMUnavailableError
 from autobot.llm.factory import make_provider
 from autobot.messages import Message
-from autobot.redis_pool import create_redis
-from autobot.services._http import (
-    ApiError,
-    BodySizeLimitMiddleware,
-    Readiness,
-    add_health_routes,
-    install_error_handlers,
-    lifespan_with_stack,
-    redis_ping_check,
-)
+from autobot.services._http import ApiError, Readiness, open_redis, post_body_limit, service_app
 
 SERVICE_ID = "ai-stack"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -152,18 +143,9 @@ def create_app(
         app.state.llm = llm
         # ai-stack keeps no data in Redis, but it cannot verify a signed call without its nonce store, so
         # "ready" includes Redis.
-        redis = create_redis(config.redis)
-        stack.push_async_callback(redis.aclose, close_connection_pool=True)
-        readiness.add("redis", redis_ping_check(redis))
-        stack.callback(readiness.clear)
+        open_redis(config.redis, stack, readiness)
 
-    app = FastAPI(title="AutoBot ai-stack", lifespan=lifespan_with_stack(setup))
-    install_error_handlers(app)
-    app.add_middleware(
-        BodySizeLimitMiddleware,
-        limit_for=lambda scope: MAX_BODY_BYTES if scope["method"] == "POST" else None,
-    )
-    add_health_routes(app, SERVICE_ID, readiness)
+    app = service_app(SERVICE_ID, setup, readiness, body_limit=post_body_limit(MAX_BODY_BYTES))
 
     @app.get("/api/models")
     async def models() -> dict[str, Any]:

@@ -22,16 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from autobot.config import ServiceConfig
-from autobot.redis_pool import create_redis
-from autobot.services._http import (
-    ApiError,
-    BodySizeLimitMiddleware,
-    Readiness,
-    add_health_routes,
-    install_error_handlers,
-    lifespan_with_stack,
-    redis_ping_check,
-)
+from autobot.services._http import ApiError, Readiness, open_redis, post_body_limit, service_app
 
 SERVICE_ID = "browser-service"
 INDEX_KEY = "sessions:index"
@@ -158,19 +149,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
     readiness = Readiness(timeout_s=config.redis.socket_timeout_s)
 
     async def setup(app: FastAPI, stack: contextlib.AsyncExitStack) -> None:
-        redis = create_redis(config.redis)
-        stack.push_async_callback(redis.aclose, close_connection_pool=True)
-        app.state.redis = redis
-        readiness.add("redis", redis_ping_check(redis))
-        stack.callback(readiness.clear)
+        app.state.redis = open_redis(config.redis, stack, readiness)
 
-    app = FastAPI(title="AutoBot browser-service", lifespan=lifespan_with_stack(setup))
-    install_error_handlers(app)
-    app.add_middleware(
-        BodySizeLimitMiddleware,
-        limit_for=lambda scope: MAX_BODY_BYTES if scope["method"] == "POST" else None,
-    )
-    add_health_routes(app, SERVICE_ID, readiness)
+    app = service_app(SERVICE_ID, setup, readiness, body_limit=post_body_limit(MAX_BODY_BYTES))
 
     def redis_of(request: Request) -> Redis:
         client: Redis = request.app.state.redis

@@ -30,17 +30,13 @@ from autobot.config import BackendConfig, ConfigError, ServiceConfig
 from autobot.context import ContextTooLargeError, ContextWindowManager, ModelRegistry
 from autobot.llm import LLMError, LLMUnavailableError, ProviderBuilder, make_provider
 from autobot.llm.ai_stack import ai_stack_builders
-from autobot.redis_pool import create_redis
 from autobot.services._http import (
     ApiError,
-    BodySizeLimitMiddleware,
     Readiness,
     ReadinessCheck,
-    add_health_routes,
     error_response,
-    install_error_handlers,
-    lifespan_with_stack,
-    redis_ping_check,
+    open_redis,
+    service_app,
     sse_event,
 )
 from autobot.storage import (
@@ -232,8 +228,7 @@ def create_app(
     readiness = Readiness()
 
     async def setup(app: FastAPI, stack: contextlib.AsyncExitStack) -> None:
-        redis = create_redis(config.redis)
-        stack.push_async_callback(redis.aclose, close_connection_pool=True)
+        redis = open_redis(config.redis, stack, readiness)
         files = ConversationFileManager.from_config(backend)
         await files.initialize()
         chat = ChatWorkflowManager(
@@ -250,23 +245,14 @@ def create_app(
         await chat.initialize()
         app.state.backend = BackendState(redis=redis, files=files, chat=chat, windows=windows)
         stack.callback(delattr, app.state, "backend")
-        readiness.add("redis", redis_ping_check(redis))
         readiness.add("database", files.storage_stats)
         readiness.add("transcripts", _dir_writable_check(backend.transcripts_dir))
-        stack.callback(readiness.clear)
 
     # No /docs or /openapi.json: the service matrix lists every public route, and those are not among them.
-    app = FastAPI(
-        title="AutoBot main-backend",
-        lifespan=lifespan_with_stack(setup),
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+    app = service_app(
+        SERVICE_ID, setup, readiness, body_limit=_body_limit(backend.max_upload_bytes), expose_docs=False
     )
-    app.add_middleware(BodySizeLimitMiddleware, limit_for=_body_limit(backend.max_upload_bytes))
-    install_error_handlers(app)
     _install_domain_errors(app)
-    add_health_routes(app, SERVICE_ID, readiness)
     _add_chat_routes(app)
     _add_file_routes(app)
     _add_model_routes(app, windows)
