@@ -262,8 +262,11 @@ class ServiceAuthMiddlewareBase:
                         f"{self.service_id}: no redis client given and no config to build one"
                     )
                 try:
-                    # In a thread: it reads the password file. No connection is made yet.
-                    redis = owned_redis = await asyncio.to_thread(create_redis, self._config.redis)
+                    # In a thread: it reads the password file. No connection is made yet. No retries: a
+                    # retried `SET NX` whose first reply was lost would call a legitimate request a replay
+                    # (401); without them a transient error is a retryable 503.
+                    nonce_store = self._config.redis.model_copy(update={"retries": 0})
+                    redis = owned_redis = await asyncio.to_thread(create_redis, nonce_store)
                 except Exception:
                     if self._audit is None:
                         await asyncio.to_thread(audit.close)
