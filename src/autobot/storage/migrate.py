@@ -11,7 +11,9 @@ Order matters and each step is there for a reason:
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -57,13 +59,36 @@ def migrate(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SchemaError(path, f"cannot create the directory {path.parent}: {exc.strerror or exc}") from exc
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            return _migrate_once(path, migrations, busy_timeout_s)
+        except sqlite3.OperationalError as exc:
+            # SQLite answers some lock conflicts at once, without waiting on the busy timeout: switching a
+            # brand-new file to WAL while another process does the same, or opening the WAL while the last
+            # connection is checkpointing it away. The whole attempt is one transaction, so it is retried.
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise SchemaError(path, f"migration failed: {exc}") from exc
+            time.sleep(random.uniform(0.01, 0.1))  # jitter, so retrying processes spread out
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
+def _migrate_once(path: Path, migrations: tuple[Migration, ...], busy_timeout_s: float) -> MigrationResult:
     try:
         conn = connect(path, busy_timeout_s=busy_timeout_s)
+    except sqlite3.OperationalError:
+        raise
     except sqlite3.Error as exc:
         raise SchemaError(path, f"cannot open database: {exc}") from exc
     try:
         _enable_wal(conn, path)
         return _apply_locked(conn, path, migrations)
+    except sqlite3.OperationalError:
+        raise
     except sqlite3.Error as exc:
         raise SchemaError(path, f"migration failed: {exc}") from exc
     finally:
