@@ -35,6 +35,18 @@ def test_a_healthy_machine() -> None:
     assert m.services == {"npu-worker": "listening"}
 
 
+def test_a_service_not_deployed_yet_is_not_a_fault() -> None:
+    [m] = machines_from_events(
+        [
+            _ok(
+                "a",
+                {"group": "g", "systemd": "running", "base_dirs_ok": True, "services": {"s": "not deployed"}},
+            )
+        ]
+    )
+    assert m.healthy
+
+
 def test_a_service_down_or_degraded_systemd_needs_attention() -> None:
     down, degraded = machines_from_events(
         [

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from autobot.ops.health import health_table, run_health
+from autobot.ops.health import HealthRunError, health_table, run_health
 
 
 def _project_dir() -> Path:
@@ -40,8 +40,13 @@ def ops() -> None:
 def status(inventory: Path) -> None:
     """Print a health table of every machine; exit 1 unless all are healthy."""
     project = _project_dir()
-    machines = run_health(project, inventory)
+    try:
+        machines = run_health(project, inventory)
+    except HealthRunError as exc:
+        raise click.ClickException(str(exc)) from None
     console = Console()
+    if console.width < 120:  # pipes and CI report 80 columns: keep host names and states readable
+        console = Console(width=120)
     console.print(health_table(machines, title=f"AutoBot cluster health ({inventory})"))
     if not machines or not all(m.healthy for m in machines):
         sys.exit(1)

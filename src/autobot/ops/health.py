@@ -29,7 +29,8 @@ class MachineHealth:
             self.reached
             and self.systemd == "running"
             and self.base_dirs_ok
-            and all(state == "listening" for state in self.services.values())
+            # A service that is not deployed yet is not a fault; one that is deployed must listen.
+            and all(state != "down" for state in self.services.values())
         )
 
 
@@ -79,6 +80,10 @@ def health_table(machines: Iterable[MachineHealth], title: str) -> Table:
     return table
 
 
+class HealthRunError(RuntimeError):
+    """The health playbook itself could not run (not a machine being unhealthy)."""
+
+
 def run_health(project_dir: Path, inventory: Path) -> list[MachineHealth]:
     """Run the health playbook quietly (it changes nothing) and return one report per machine."""
     import ansible_runner  # deferred: only the controller has ansible-runner installed
@@ -89,7 +94,11 @@ def run_health(project_dir: Path, inventory: Path) -> list[MachineHealth]:
             project_dir=str(project_dir),
             playbook=str(project_dir / "playbooks" / "health.yml"),
             inventory=str(inventory.resolve()),
-            envvars={"ANSIBLE_CONFIG": str(project_dir / "ansible.cfg"), "ANSIBLE_CALLBACKS_ENABLED": ""},
+            envvars={"ANSIBLE_CONFIG": str(project_dir / "ansible.cfg")},
             quiet=True,
         )
-        return machines_from_events(runner.events)
+        machines = machines_from_events(runner.events)
+        if not machines:
+            tail = "\n".join(runner.stdout.read().splitlines()[-15:])
+            raise HealthRunError(f"the health playbook did not run (status {runner.status}):\n{tail}")
+        return machines
