@@ -8,25 +8,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import redis
-import uvicorn
 import yaml
 from redis.asyncio import Redis
+from tests.support.http_server import bound_socket, serving  # noqa: F401
 from tests.support.redis_server import free_port
 
 from autobot.security.distribution import machine_key_files
@@ -39,33 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MATRIX_FILE = ROOT / "inventory" / "group_vars" / "all" / "services.yml"
 
 
-def bound_socket() -> socket.socket:
-    """A listening-ready socket on a free loopback port (bound now, so no other process can take the port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, 0))
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """Serve `app` (lifespan included) over real HTTP on loopback; yields its base URL."""
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, proxy_headers=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # raises the start-up failure
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        yield f"http://{LOOPBACK}:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+# bound_socket and serving live in tests/support/http_server.py (re-exported here for callers).
 
 
 # --- Redis ACL from the matrix --------------------------------------------------------------------------

@@ -6,15 +6,13 @@ Imported as `tests.security.auth_support` from every test layer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
+from tests.support.http_server import bound_socket, serving  # noqa: F401
 
 from autobot.security.keyring import Keyring, master_file_name, pair_file_name
 from autobot.security.keyring_file import ControllerKeyring, plan_keyring
@@ -98,32 +96,7 @@ def header(request: RawRequest, name: bytes) -> bytes:
     return next(v for k, v in request.headers if k == name)
 
 
-def bound_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, 0))
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """Serve `app` with uvicorn (lifespan on) on a loopback socket in this event loop; yields the base URL."""
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="error", access_log=False, proxy_headers=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        yield f"http://{LOOPBACK}:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+# bound_socket and serving live in tests/support/http_server.py (re-exported here for callers).
 
 
 async def raw_http(base_url: str, request_line_target: bytes, method: bytes = b"GET") -> tuple[int, bytes]:
