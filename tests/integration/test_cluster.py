@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 from tests.integration.cluster import Cluster, running_cluster, wait_for_audit
+from tests.security.auth_support import AUDIT_FIELDS
 from tests.support.redis_server import RedisServer
 
 from autobot.client.service_client import ServiceClient
@@ -19,20 +20,6 @@ from autobot.security.keyring import Keyring
 from autobot.security.signing import new_nonce, sign_request
 
 pytestmark = pytest.mark.slow
-
-AUDIT_FIELDS = {
-    "time",
-    "callee",
-    "caller",
-    "keyid",
-    "method",
-    "path",
-    "decision",
-    "status",
-    "reason",
-    "phase",
-}
-AUDIT_FIELDS |= {"route_kind"}
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.security.auth_support import AUDIT_FIELDS
 
 from autobot.security.audit import AuditLog, AuditLogError, audit_record
 from autobot.security.decision import Decision
-
-FIELDS = {
-    "time",
-    "callee",
-    "caller",
-    "keyid",
-    "method",
-    "path",
-    "decision",
-    "status",
-    "reason",
-    "phase",
-    "route_kind",
-}
 
 
 def _record(n: int = 0) -> dict[str, object]:
@@ -42,7 +29,7 @@ def _record(n: int = 0) -> dict[str, object]:
 
 def test_record_fields() -> None:
     record = _record()
-    assert set(record) == FIELDS
+    assert set(record) == AUDIT_FIELDS
     assert record["time"] == "2025-01-02T03:04:05.678Z"
     assert record["decision"] == "deny"
     assert record["path"] == "/api/process/0/\\xff"  # non-ASCII bytes are escaped, never dropped

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 from tests.security import auth_apps
-from tests.security.auth_support import MATRIX_FILE, ROOT, TEMPLATE, raw_http, serving
+from tests.security.auth_support import AUDIT_FIELDS, MATRIX_FILE, ROOT, TEMPLATE, raw_http, serving
 from tests.support.redis_server import RedisServer, free_port, start_redis
 
 from autobot.cli.serve import load_entry_app
@@ -32,19 +32,6 @@ from autobot.security.matrix import Matrix
 
 Phase = Literal["logging", "enforcement"]
 BODY_MARKER = "body-marker-7f3a9c"
-AUDIT_FIELDS = {
-    "time",
-    "callee",
-    "caller",
-    "keyid",
-    "method",
-    "path",
-    "decision",
-    "status",
-    "reason",
-    "phase",
-    "route_kind",
-}
 
 
 class Deployment:
