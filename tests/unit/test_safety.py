@@ -55,16 +55,33 @@ def test_production_addresses_appear_only_in_the_production_inventory_and_docs()
     assert offenders == []
 
 
-def test_every_local_host_is_a_container_reached_through_docker() -> None:
+def test_every_local_host_is_a_container_reached_on_a_loopback_port() -> None:
+    """inventory/local reaches each container by SSH on a loopback port Docker publishes, never another address."""
     inventory = yaml.safe_load((ROOT / "inventory/local/hosts.yml").read_text(encoding="utf-8"))
     top = inventory["all"]["vars"]
-    assert top["ansible_connection"] == "community.docker.docker"
     assert top["autobot_env"] == "local"
+    assert top["ansible_host"] == "127.0.0.1"
+    assert "ansible_connection" not in top, "the local cluster is reached by SSH, as production is"
+    ports = []
     for group in inventory["all"]["children"].values():
         for name, hostvars in group["hosts"].items():
-            assert "ansible_connection" not in hostvars, f"{name} must not override the Docker connection"
+            assert not {"ansible_host", "ansible_connection"} & set(hostvars), f"{name} must not override them"
             assert not PRODUCTION_ADDR.search(str(hostvars)), name
-            assert hostvars["ansible_host"].startswith("autobot-local-"), name
+            assert hostvars["autobot_local_container"].startswith("autobot-local-"), name
+            ports.append(hostvars["ansible_port"])
+            for published in hostvars.get("autobot_local_ports", []):
+                assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", published), f"{name}: {published} is not loopback"
+    assert len(set(ports)) == len(ports), "one SSH port per container"
+
+
+def test_molecule_reaches_its_containers_on_loopback_ports() -> None:
+    config = yaml.safe_load((ROOT / "molecule/default/molecule.yml").read_text(encoding="utf-8"))
+    create = (ROOT / "molecule/resources/create.yml").read_text(encoding="utf-8")
+    assert "'address': '127.0.0.1'" in create
+    for platform in config["platforms"]:
+        assert isinstance(platform["ssh_port"], int)
+        for published in platform.get("ports", []):
+            assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", published), published
 
 
 def test_the_default_inventory_is_the_local_one() -> None:

@@ -1,36 +1,42 @@
-"""Turn what a machine reports (listening ports, unit states) into the health of its services."""
+"""Turn what a machine reports (listening ports, unit states, health answers) into the health of its services."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# `ss -Hltn`: State Recv-Q Send-Q Local-Address:Port Peer-Address:Port
-_LOCAL_PORT = re.compile(r"^\S+\s+\S+\s+\S+\s+\S*:(\d+)\s")
 
-
-def listening_ports(ss_lines: Sequence[str]) -> set[int]:
-    return {int(m.group(1)) for line in ss_lines if (m := _LOCAL_PORT.match(line))}
+def listening_ports(tcp_listen: Sequence[Mapping[str, Any]]) -> set[int]:
+    """The ports of community.general.listen_ports_facts' `tcp_listen` entries."""
+    return {int(entry["port"]) for entry in tcp_listen if str(entry.get("port", "")).isdigit()}
 
 
 def autobot_service_health(
-    host_services: Sequence[Mapping[str, Any]], ss_lines: Sequence[str], unit_states: Sequence[str]
+    host_services: Sequence[Mapping[str, Any]],
+    tcp_listen: Sequence[Mapping[str, Any]],
+    units: Mapping[str, Mapping[str, Any]],
+    answers: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
-    """service id -> listening | down (deployed, i.e. its unit is enabled, but not listening) | not deployed.
+    """service id -> listening | down | not deployed.
 
-    `host_services` are dict2items entries of the matrix; `unit_states` are `systemctl is-enabled` answers in
-    the same order.
+    - not deployed: the machine has no unit of that name (ansible.builtin.service_facts' `services`);
+    - listening: its unit runs, its port listens and, when the matrix names a health route, that route answered 200
+      (`answers`: service id -> HTTP status, 0 when nothing answered);
+    - down: deployed, but one of those is not so.
+    `host_services` are dict2items entries of the matrix.
     """
-    ports = listening_ports(ss_lines)
+    ports = listening_ports(tcp_listen)
+    answers = answers or {}
     health: dict[str, str] = {}
-    for service, state in zip(host_services, list(unit_states) + [""] * len(host_services), strict=False):
-        if int(service["value"]["port"]) in ports:
-            health[service["key"]] = "listening"
-        elif state.strip() == "enabled":
-            health[service["key"]] = "down"
-        else:
-            health[service["key"]] = "not deployed"
+    for service in host_services:
+        service_id, spec = service["key"], service["value"]
+        unit = units.get(f"{spec['unit']}.service")
+        if unit is None or unit.get("status") == "not-found":
+            health[service_id] = "not deployed"
+            continue
+        running = unit.get("state") == "running"
+        answered = answers.get(service_id, 200) == 200 if spec.get("health") else True
+        health[service_id] = "listening" if running and int(spec["port"]) in ports and answered else "down"
     return health
 
 

@@ -37,6 +37,10 @@ options:
     description: Forget the previous Redis passwords (after every client uses the new ones).
     type: bool
     default: false
+  admin_user:
+    description: The Redis ACL user with every right (C(autobot_redis_admin_user)); it gets a password too.
+    type: str
+    required: true
 author: AutoBot cluster toolkit
 """
 
@@ -77,9 +81,6 @@ try:
 except ImportError:  # pragma: no cover - reported by the module itself
     HAS_AUTOBOT = False
 
-ADMIN_USER = "admin"
-
-
 def _random_secret() -> str:
     return _random.token_hex(32)
 
@@ -90,12 +91,13 @@ def plan(
     rotate_keys: list[str],
     rotate_redis: list[str],
     retire_previous: bool,
+    admin_user: str,
 ) -> tuple[dict[str, Any], list[str]]:
     existing = parse_keyring(current["keyring"], source="secrets keyring") if current.get("keyring") else None
     keyring, key_changes = plan_keyring(existing, sorted(services), rotate=rotate_keys)
     changes = [str(c) for c in key_changes if c.action != "kept"]
 
-    redis_users = [ADMIN_USER, *sorted(sid for sid, svc in services.items() if svc.get("redis"))]
+    redis_users = [admin_user, *sorted(sid for sid, svc in services.items() if svc.get("redis"))]
     old_redis = dict((current.get("redis") or {}).get("users") or {})
     previous = {} if retire_previous else dict((current.get("redis") or {}).get("previous") or {})
     unknown = sorted(set(rotate_redis) - set(redis_users))
@@ -138,6 +140,8 @@ def main() -> None:
             "rotate_keys": {"type": "list", "elements": "str", "default": []},
             "rotate_redis": {"type": "list", "elements": "str", "default": []},
             "retire_previous_redis": {"type": "bool", "default": False},
+            # The Redis ACL user with every right (autobot_redis_admin_user in group_vars/all/services.yml).
+            "admin_user": {"type": "str", "required": True},
         },
         supports_check_mode=True,
     )
@@ -149,7 +153,12 @@ def main() -> None:
     p = module.params
     try:
         planned, changes = plan(
-            p["current"] or {}, p["services"], p["rotate_keys"], p["rotate_redis"], p["retire_previous_redis"]
+            p["current"] or {},
+            p["services"],
+            p["rotate_keys"],
+            p["rotate_redis"],
+            p["retire_previous_redis"],
+            p["admin_user"],
         )
     except (KeyringFileError, ValueError) as exc:
         module.fail_json(msg=str(exc))

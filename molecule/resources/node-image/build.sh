@@ -47,6 +47,21 @@ for unit in systemd-remount-fs.service getty@tty1.service console-getty.service 
   ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
 done
 : >"$rootfs/etc/machine-id"
+
+# Like a VM image: a login user with sudo (production's operators and Ansible log in as `autobot`), reached by SSH
+# with keys only. Its authorized key is installed per cluster when the containers are created, never baked in.
+chroot "$rootfs" useradd --create-home --shell /bin/bash --user-group --groups sudo autobot
+echo 'autobot ALL=(ALL:ALL) NOPASSWD: ALL' >"$rootfs/etc/sudoers.d/90-autobot-login"
+chmod 0440 "$rootfs/etc/sudoers.d/90-autobot-login"
+install -d -m 0755 "$rootfs/etc/ssh/sshd_config.d"
+printf '%s\n' 'PasswordAuthentication no' 'KbdInteractiveAuthentication no' 'PermitRootLogin no' \
+  >"$rootfs/etc/ssh/sshd_config.d/50-autobot.conf"
+# Host keys are made on each container's first boot (as cloud images do), so no two machines share one.
+rm -f "$rootfs"/etc/ssh/ssh_host_*
+install -d -m 0755 "$rootfs/etc/systemd/system/ssh.service.d"
+printf '%s\n' '[Service]' 'ExecStartPre=' 'ExecStartPre=/usr/bin/ssh-keygen -A' 'ExecStartPre=/usr/sbin/sshd -t' \
+  >"$rootfs/etc/systemd/system/ssh.service.d/10-host-keys.conf"
+chroot "$rootfs" systemctl enable ssh >/dev/null 2>&1
 chroot "$rootfs" apt-get clean
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/tmp/* "$rootfs"/var/cache/apt/*.bin
 

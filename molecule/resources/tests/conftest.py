@@ -12,6 +12,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 MATRIX_FILE = REPO / "inventory" / "group_vars" / "all" / "services.yml"
+LAYOUT_FILE = REPO / "inventory" / "group_vars" / "all" / "layout.yml"
 
 
 def load_services() -> dict[str, Any]:
@@ -23,6 +24,17 @@ def load_services() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def services() -> dict[str, Any]:
     return load_services()
+
+
+def load_layout() -> dict[str, Any]:
+    """The cluster layout (service account, directories), as the roles read it."""
+    layout: dict[str, Any] = yaml.safe_load(LAYOUT_FILE.read_text(encoding="utf-8"))
+    return layout
+
+
+@pytest.fixture(scope="session")
+def layout() -> dict[str, Any]:
+    return load_layout()
 
 
 def host_groups(host: Any) -> list[str]:

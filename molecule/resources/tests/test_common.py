@@ -11,29 +11,22 @@ def test_systemd_is_pid_1_and_running(host: Any) -> None:
     assert state == "running", host.run("systemctl --failed --no-legend").stdout
 
 
-def test_service_account_exists_without_login(host: Any) -> None:
-    user = host.user("autobot")
-    assert user.exists
-    assert user.group == "autobot"
-    assert user.shell == "/usr/sbin/nologin"
-    assert user.uid < 1000, "the service account must be a system account"
-
-
-def test_config_dir_is_readable_by_the_service_group_only(host: Any) -> None:
-    d = host.file("/etc/autobot")
+def test_config_dir_is_readable_by_the_service_group_only(host: Any, layout: dict[str, Any]) -> None:
+    d = host.file(layout["autobot_config_dir"])
     assert d.is_directory
-    assert (d.user, d.group, d.mode) == ("root", "autobot", 0o750)
+    assert (d.user, d.group, d.mode) == ("root", layout["autobot_service_group"], 0o750)
 
 
-def test_state_and_log_dirs_belong_to_the_service_user(host: Any) -> None:
-    for path in ("/var/lib/autobot", "/var/log/autobot"):
+def test_state_and_log_dirs_belong_to_the_service_account(host: Any, layout: dict[str, Any]) -> None:
+    owner = (layout["autobot_service_user"], layout["autobot_service_group"])
+    for path in (layout["autobot_state_dir"], layout["autobot_log_dir"]):
         d = host.file(path)
         assert d.is_directory, path
-        assert (d.user, d.group, d.mode) == ("autobot", "autobot", 0o750), path
+        assert (d.user, d.group, d.mode) == (*owner, 0o750), path
 
 
 def test_install_dir_exists(host: Any) -> None:
-    d = host.file("/opt/autobot")
+    d = host.file("/opt/autobot")  # autobot_install_dir
     assert d.is_directory
     assert (d.user, d.mode) == ("root", 0o755)
 

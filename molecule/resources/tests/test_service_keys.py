@@ -31,10 +31,10 @@ def expected_files(services: dict[str, Any], secrets: dict[str, Any], service_id
     return files
 
 
-def test_key_directory_is_closed_to_others(host: Any) -> None:
+def test_key_directory_is_closed_to_others(host: Any, layout: dict[str, Any]) -> None:
     d = host.file(KEY_DIR)
     assert d.is_directory
-    assert (d.user, d.group, d.mode) == ("root", "autobot", 0o750)
+    assert (d.user, d.group, d.mode) == ("root", layout["autobot_service_group"], 0o750)
 
 
 def test_exactly_the_files_the_matrix_implies(
