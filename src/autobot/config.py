@@ -22,8 +22,11 @@ class _Strict(BaseModel):
 
 
 class ListenConfig(_Strict):
+    # Used when the service binds its own port; under systemd the .socket unit holds it (autobot serve).
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
+    # On stop or restart, requests in flight get this long to finish (a chat stream is cut after it).
+    graceful_shutdown_s: float = Field(default=10.0, gt=0)
 
 
 class RedisConfig(_Strict):

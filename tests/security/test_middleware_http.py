@@ -117,7 +117,18 @@ def test_rendered_entry_files_import_exactly_one_middleware(tmp_path: Path) -> N
         assert "from autobot.services.npu_worker import create_app" in text
         assert 'load_config("/etc/autobot/npu-worker/config.yml")' in text
         compile(text, f"{phase}-asgi.py", "exec")
-    with pytest.raises(ValueError, match="logging' or 'enforcement"):
+    # The plan's phase-1 rollback ("disable middleware"): no middleware class at all.
+    text = render_entry(
+        TEMPLATE,
+        service_id="npu-worker",
+        app_module="autobot.services.npu_worker",
+        config_path="/etc/autobot/npu-worker/config.yml",
+        service_auth_middleware="none",
+    )
+    assert "ServiceAuth" not in text
+    assert "app = create_app(config)" in text
+    compile(text, "none-asgi.py", "exec")
+    with pytest.raises(ValueError, match="'logging', 'enforcement' or 'none'"):
         render_entry(
             TEMPLATE,
             service_id="npu-worker",

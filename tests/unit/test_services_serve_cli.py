@@ -153,3 +153,73 @@ def test_serves_the_entry_app_without_trusting_forwarded_headers(tmp_path: Path)
     output = svc.output_log.read_text()
     assert "Application startup complete" in output
     assert "/anything" not in output
+
+
+def test_systemd_listen_fd_follows_sd_listen_fds() -> None:
+    from autobot.cli.serve import systemd_listen_fd
+
+    env = {"LISTEN_FDS": "1", "LISTEN_PID": "4242", "LISTEN_FDNAMES": "x", "PATH": "/bin"}
+    assert systemd_listen_fd(env, 4242) == 3
+    assert env == {"PATH": "/bin"}, "the variables are for this process only"
+    # Meant for another process (a parent that exec'd us without updating LISTEN_PID): ignored, still removed.
+    env = {"LISTEN_FDS": "1", "LISTEN_PID": "1"}
+    assert systemd_listen_fd(env, 4242) is None
+    assert env == {}
+    assert systemd_listen_fd({}, 4242) is None
+    assert systemd_listen_fd({"LISTEN_FDS": "0", "LISTEN_PID": "7"}, 7) is None
+
+
+def test_more_than_one_passed_socket_is_refused() -> None:
+    from autobot.cli.serve import systemd_listen_fd
+    from autobot.config import ConfigError
+
+    with pytest.raises(ConfigError, match="2 sockets"):
+        systemd_listen_fd({"LISTEN_FDS": "2", "LISTEN_PID": "7"}, 7)
+
+
+def test_serves_on_the_socket_systemd_passes(tmp_path: Path) -> None:
+    """As under a .socket unit: the parent holds the listening socket; the service takes it as fd 3 and never
+    binds the port its config names. The socket outlives the process, so a restart queues, never refuses."""
+    import os
+    import socket
+
+    entry = tmp_path / "asgi.py"
+    entry.write_text(ECHO_ENTRY)
+    config_port = free_port()  # what the config names: must stay closed
+    config = _write_config(tmp_path, entry=entry, port=config_port)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    port = listener.getsockname()[1]
+    svc = ServiceProcess("npu-worker", tmp_path, port=port)
+
+    def start() -> None:
+        def take_fd_3() -> None:
+            os.dup2(listener.fileno(), 3)
+
+        with svc.output_log.open("ab") as out:
+            svc.process = subprocess.Popen(
+                ["sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"',
+                 *autobot_command("serve", "npu-worker", "--config", str(config))],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "LISTEN_FDS": "1"},
+                preexec_fn=take_fd_3,  # noqa: PLW1509 (single-threaded test: only dup2 runs there)
+                pass_fds=(3,),
+            )
+
+    try:
+        start()
+        wait_until_healthy(svc)
+        stop_process(svc)
+        # Between two processes the port still accepts: the connection waits in the backlog.
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=5)
+        waiting.sendall(b"GET /queued HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        start()
+        waiting.settimeout(30)
+        answer = waiting.recv(4096)
+        waiting.close()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{config_port}/", trust_env=False, timeout=1)
+    finally:
+        stop_process(svc)
+        listener.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

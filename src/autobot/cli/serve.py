@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, get_args
 
@@ -19,6 +21,8 @@ from autobot.config import ConfigError, ServiceConfig, load_config
 
 SERVICE_IDS: tuple[str, ...] = get_args(ServiceConfig.model_fields["service_id"].annotation)
 EXIT_BAD_CONFIG = 2
+# sd_listen_fds(3): systemd passes the sockets of a .socket unit from file descriptor 3 on.
+SD_LISTEN_FDS_START = 3
 
 
 class EntryError(Exception):
@@ -66,19 +70,39 @@ def configure_logging(level: str) -> None:
     )
 
 
-def run_server(app: Any, config: ServiceConfig, *, access_log: bool) -> None:
+def systemd_listen_fd(environ: MutableMapping[str, str], pid: int) -> int | None:
+    """The listening socket a systemd .socket unit passed to this process, as sd_listen_fds(3) defines it.
+
+    The deployed units use socket activation: systemd holds the port, so a restart queues connections in the
+    backlog instead of refusing them. The variables are removed once read (they are meant for this process only,
+    not for anything it starts). Without them (a service started by hand) the service binds its own port.
+    """
+    fds, owner = environ.get("LISTEN_FDS"), environ.get("LISTEN_PID")
+    if fds is None or owner is None:
+        return None
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    if not (owner.isdigit() and int(owner) == pid and fds.isdigit() and int(fds) >= 1):
+        return None
+    if int(fds) > 1:
+        raise ConfigError(f"systemd passed {fds} sockets; the service listens on exactly one")
+    return SD_LISTEN_FDS_START
+
+
+def run_server(app: Any, config: ServiceConfig, *, access_log: bool, fd: int | None = None) -> None:
     import uvicorn  # imported here so `autobot serve --help` stays fast
 
+    where: dict[str, Any] = {"fd": fd} if fd is not None else {"host": config.listen.host, "port": config.listen.port}
     server_config = uvicorn.Config(
         app,
-        host=config.listen.host,
-        port=config.listen.port,
+        **where,
         # The services sit on a private network without a proxy in front: forwarded headers are never trusted.
         proxy_headers=False,
         access_log=access_log,
         log_level=config.log_level,
         server_header=False,
         lifespan="on",
+        timeout_graceful_shutdown=config.listen.graceful_shutdown_s,
     )
     uvicorn.Server(server_config).run()
 
@@ -96,6 +120,7 @@ def run_server(app: Any, config: ServiceConfig, *, access_log: bool) -> None:
 def serve(service: str, config_path: Path, access_log: bool) -> None:
     """Run SERVICE with uvicorn from the ASGI entry file its config names."""
     try:
+        fd = systemd_listen_fd(os.environ, os.getpid())
         config = load_config(config_path)
         entry = check_service(config, service, config_path)
         configure_logging(config.log_level)
@@ -103,4 +128,4 @@ def serve(service: str, config_path: Path, access_log: bool) -> None:
     except (ConfigError, EntryError) as exc:
         click.echo(f"autobot serve: {exc}", err=True)
         sys.exit(EXIT_BAD_CONFIG)
-    run_server(app, config, access_log=access_log)
+    run_server(app, config, access_log=access_log, fd=fd)

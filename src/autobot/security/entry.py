@@ -26,15 +26,16 @@ def render_entry(
     service_id: str,
     app_module: str,
     config_path: Path | str,
-    service_auth_middleware: Literal["logging", "enforcement"],
+    service_auth_middleware: Literal["logging", "enforcement", "none"],
 ) -> str:
     if not is_service_id(service_id):
         raise ValueError(f"invalid service id {service_id!r}")
     if _MODULE.fullmatch(app_module) is None:
         raise ValueError(f"invalid app module {app_module!r}")
-    if service_auth_middleware not in MIDDLEWARE_CLASSES:
+    if service_auth_middleware not in (*MIDDLEWARE_CLASSES, "none"):
         raise ValueError(
-            f"service_auth_middleware must be 'logging' or 'enforcement', not {service_auth_middleware!r}"
+            "service_auth_middleware must be 'logging', 'enforcement' or 'none', "
+            f"not {service_auth_middleware!r}"
         )
     import jinja2
 
