@@ -1,9 +1,9 @@
 """Verification of one request, from the raw bytes received; the one function both middlewares use.
 
-Order (DESIGN.md section 4): path safety -> public route? -> headers present and well-formed -> caller known
-and keyid belongs to it -> algorithm -> `created` within +-skew -> digest matches body -> HMAC (constant
-time) -> nonce unseen (Redis, only after the MAC verified) -> matrix grant. Failures up to the nonce are 401,
-the matrix is 403, an unreachable replay store is 503 (fail closed).
+Order (docs/architecture.md, "Verification"): path safety -> public route? -> headers present and
+well-formed -> caller known and keyid belongs to it -> algorithm -> `created` within +-skew -> digest matches
+body -> HMAC (constant time) -> nonce unseen (Redis, only after the MAC verified) -> matrix grant. Failures up
+to the nonce are 401, the matrix is 403, an unreachable replay store is 503 (fail closed).
 
 Unsafe paths are refused with 401 on every route, public ones included: the path check runs before anything
 else, so no route can be reached through `..`, `//` or encoded separators.
