@@ -13,8 +13,9 @@ import httpx
 import pytest
 import yaml
 from fastapi.routing import APIRoute
-from test_chat_support import backend_client, backend_config, dedicated_redis, parse_sse
+from test_chat_support import app_client, backend_client, backend_config, dedicated_redis, parse_sse
 from tests.support.redis_server import RedisServer
+from tests.unit.llm_runtime_fakes import Script, running_fake_llm_runtime
 
 from autobot.config import ConfigError, LLMConfig
 from autobot.context import ContextWindowManager, ModelRegistry
@@ -122,6 +123,28 @@ async def test_chat_stream_sends_one_event_per_chunk_and_a_final_done(client: ht
     assert "".join(data["text"] for kind, data in events if kind == "chunk") == done["reply"]
     history = (await client.get("/api/chat/sessions/st/messages")).json()
     assert [m["content"] for m in history["messages"]] == ["stream", done["reply"]]
+
+
+async def test_a_stream_that_fails_midway_ends_with_an_error_event_in_the_json_error_shape(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Any
+) -> None:
+    with running_fake_llm_runtime() as runtime:
+        runtime.script = Script(error_after_chunks=1)
+        config = backend_config(tmp_path, redis_server.url).model_copy(
+            update={"llm": LLMConfig(provider="ollama", base_url=runtime.url)}
+        )
+        async with app_client(create_app(config)) as client:
+            body = {"message": "stream", "session_id": "broken"}
+            async with client.stream("POST", "/api/chat/stream", json=body) as r:
+                assert r.status_code == 200  # the headers were out before the model failed
+                raw = "".join([chunk async for chunk in r.aiter_text()])
+    events = parse_sse(raw)
+    assert [kind for kind, _ in events] == ["chunk", "error"]
+    error = events[-1][1]
+    assert set(error) == {"error", "detail"}
+    assert error["error"] == "llm_error"
+    assert error["detail"].startswith("the language model failed: ")
+    assert "ran out of memory" in error["detail"]
 
 
 async def test_messages_are_windowed_for_the_session_model_and_paginated(

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MATRIX_FILE = ROOT / "inventory" / "group_vars" / "all" / "services.yml"
 TEMPLATE = ROOT / "templates" / "asgi_entry.py.j2"
 LOOPBACK = "127.0.0.1"
-# The fields of one audit line, as DESIGN.md section 4 lists them (plus route_kind for the rollout gate).
+# The fields of one audit line, as docs/architecture.md ("Audit") lists them.
 AUDIT_FIELDS = frozenset(
     {
         "time",

@@ -165,11 +165,11 @@ async def test_enforcement_entry_over_http(
 
             unsigned = await plain.post("/api/process", json=body)
             assert unsigned.status_code == 401
-            assert unsigned.json() == {"error": "unauthorized", "reason": "missing_header:x-service-id"}
+            assert unsigned.json() == {"error": "unauthorized", "detail": "missing_header:x-service-id"}
 
             forbidden = await ai.request("npu-worker", "DELETE", "/api/process")
             assert forbidden.status_code == 403
-            assert forbidden.json()["reason"] == "not_granted"
+            assert forbidden.json()["detail"] == "not_granted"
 
             public = await plain.get("/api/health")
             assert public.status_code == 200
@@ -183,7 +183,7 @@ async def test_enforcement_entry_over_http(
             first = await plain.send(captured)
             second = await plain.send(captured)
             assert (first.status_code, second.status_code) == (200, 401)
-            assert second.json()["reason"] == "replayed_nonce"
+            assert second.json()["detail"] == "replayed_nonce"
 
         for target in [
             b"/api/process/../process",
@@ -197,7 +197,7 @@ async def test_enforcement_entry_over_http(
         ]:
             status, raw_body = await raw_http(base_url, target)
             assert status == 401, target
-            assert json.loads(raw_body)["reason"] == "unsafe_path"
+            assert json.loads(raw_body)["detail"] == "unsafe_path"
 
     lines = deployment.audit_lines()  # lifespan shutdown closed (and flushed) the audit log
     assert all(set(line) == AUDIT_FIELDS for line in lines)
@@ -251,7 +251,7 @@ async def test_redis_down_enforcement_503_logging_passes_and_logs(
             response = await main.post("npu-worker", "/api/process", json={"x": 1})
             assert response.status_code == expected, phase
             if phase == "enforcement":
-                assert response.json()["reason"] == "replay_store_unavailable"
+                assert response.json()["detail"] == "replay_store_unavailable"
                 assert response.headers["retry-after"] == "1"
             else:
                 assert response.json()["decision"][:2] == [503, "replay_store_unavailable"]

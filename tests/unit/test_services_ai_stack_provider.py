@@ -159,7 +159,7 @@ def test_error_detail_reads_both_error_shapes() -> None:
     assert (
         error_detail(b'{"error": "context_too_large", "detail": "too long"}') == "context_too_large: too long"
     )
-    assert error_detail(b'{"error": "forbidden", "reason": "not_granted"}') == "forbidden: not_granted"
+    assert error_detail(b'{"error": "forbidden", "detail": "not_granted"}') == "forbidden: not_granted"
     assert error_detail(b"<html>bad gateway</html>") == "<html>bad gateway</html>"
     assert error_detail(b"") == "(empty body)"
 
@@ -167,7 +167,7 @@ def test_error_detail_reads_both_error_shapes() -> None:
 def test_status_errors() -> None:
     assert isinstance(status_error(503, b"{}"), LLMUnavailableError)
     assert isinstance(status_error(429, b"{}"), LLMUnavailableError)
-    refused = status_error(403, b'{"error": "forbidden", "reason": "not_granted"}')
+    refused = status_error(403, b'{"error": "forbidden", "detail": "not_granted"}')
     assert not isinstance(refused, LLMUnavailableError)
     assert "matrix" in str(refused)
 

@@ -5,13 +5,14 @@ They call the deployed package's own functions (autobot.security.*), so derivati
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
 try:
     from autobot.security.backup import encrypt_backup
-    from autobot.security.distribution import DistributionError, machine_key_files
+    from autobot.security.distribution import DistributionError, machine_files
     from autobot.security.keyring_file import KeyringFileError, dump_keyring, parse_keyring
 except ImportError as exc:  # pragma: no cover
     raise AnsibleFilterError(
@@ -20,14 +21,22 @@ except ImportError as exc:  # pragma: no cover
 
 
 def autobot_key_files(
-    keyring: dict[str, Any], services: dict[str, Any], service_id: str
+    secrets: dict[str, Any],
+    services: dict[str, Any],
+    service_id: str,
+    key_dir: str,
+    service_group: str,
+    admin_user: str,
 ) -> list[dict[str, str]]:
-    """[{name, content}] of the key files for the machine running `service_id`."""
+    """[{path, content, owner, group, mode}]: every file of `key_dir` on the machine running `service_id`
+    (service keys and Redis passwords), as `autobot.security.distribution.machine_files` decides them."""
     try:
-        files = machine_key_files(parse_keyring(keyring, source="secrets keyring"), services, service_id)
+        files = machine_files(
+            secrets, services, service_id, key_dir=key_dir, service_group=service_group, admin_user=admin_user
+        )
     except (DistributionError, KeyringFileError) as exc:
         raise AnsibleFilterError(str(exc)) from None
-    return [{"name": name, "content": content} for name, content in files.items()]
+    return [dataclasses.asdict(f) for f in files]
 
 
 def autobot_keyring_backup(keyring: dict[str, Any], backup_key_hex: str, environment: str) -> str:

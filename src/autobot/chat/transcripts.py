@@ -1,8 +1,8 @@
 """Chat transcripts: one JSON file per session, the durable copy of every message.
 
 `<transcripts_dir>/<session_id>.json` = {session_id, created_at, updated_at, message_count, messages: [...]}
-with the same entry objects as Redis. Every write goes to a temp file in the same directory, is fsynced and
-then renamed over the old file, so a crash at any moment leaves the old or the new transcript, never a
+with the same entry objects as Redis. Every write goes through `autobot.atomic_file.write_atomic` (temp file,
+fsync, rename), so a crash at any moment leaves the old or the new transcript, never a
 truncated one. File work runs in a thread (never on the event loop) and appends to one session are
 serialised by a per-session lock, so concurrent appends cannot overwrite each other's lines.
 A transcript that cannot be parsed is renamed aside (`<name>.corrupt-<utc>`) and logged, not overwritten.
@@ -11,12 +11,10 @@ A transcript that cannot be parsed is renamed aside (`<name>.corrupt-<utc>`) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from autobot.atomic_file import write_atomic
 from autobot.chat.entries import ChatEntry, CorruptEntryError, utc_now_iso, validate_session_id
 from autobot.chat.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+TRANSCRIPT_MODE = 0o600  # conversations: the service user only
 
 
 class CorruptTranscriptError(ValueError):
@@ -108,31 +108,6 @@ FileIdentity = tuple[int, int, int]
 
 def identity(st: os.stat_result) -> FileIdentity:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def write_atomic(path: Path, data: bytes) -> FileIdentity:
-    """Replace `path` with `data` so that readers and crashes see the old or the new bytes, nothing else.
-
-    Returns the identity of the file written (the rename keeps its inode)."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-            written = identity(os.fstat(handle.fileno()))
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    # The rename itself is durable only once the directory entry is flushed.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return written
 
 
 def set_aside(path: Path) -> Path:
@@ -262,7 +237,7 @@ class TranscriptStore:
         new_lines = render_block(entries)
         block = f"{current.block},\n{new_lines}" if current.block else new_lines
         try:
-            written = write_atomic(path, render_document(updated, block))
+            written = identity(write_atomic(path, render_document(updated, block), TRANSCRIPT_MODE))
         except OSError as exc:
             raise TranscriptStorageError(f"cannot write transcript {path}: {exc}") from exc
         return _Snapshot(written, updated, block)

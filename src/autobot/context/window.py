@@ -65,6 +65,64 @@ def _suffix_start(
     return start, costs
 
 
+def _check_roles(history: Sequence[Message], new_message: Message) -> None:
+    """System messages come only as the system prompt: not in history, not as the new message."""
+    if new_message.role == "system":
+        raise ValueError("the new message cannot be a system message; pass it as system_prompt")
+    for index, message in enumerate(history):
+        if message.role == "system":
+            raise ValueError(f"history[{index}] is a system message; pass the system prompt separately")
+
+
+def _first_user_turn(history: Sequence[Message], start: int) -> int:
+    """Never open on an orphaned assistant or tool reply: the index of the first user turn from `start` on
+    (len(history) when there is none)."""
+    while start < len(history) and history[start].role != "user":
+        start += 1
+    return start
+
+
+def _fixed_part_error(spec: ModelSpec, system_tokens: int, new_tokens: int) -> ContextTooLargeError:
+    """What every window must hold (system prompt, newest message, reply header) exceeds the prompt budget."""
+    fixed = REPLY_PRIMING_TOKENS + system_tokens + new_tokens
+    return ContextTooLargeError(
+        spec,
+        needed_tokens=fixed,
+        available_tokens=spec.prompt_token_budget,
+        detail=(
+            f"the system prompt ({system_tokens} tokens), the newest message ({new_tokens} tokens) "
+            f"and the reply header ({REPLY_PRIMING_TOKENS}) need {fixed} tokens, but only "
+            f"{spec.prompt_token_budget} are left after reserving the output"
+        ),
+    )
+
+
+def _orphan_reply_error(
+    spec: ModelSpec,
+    counter: TokenCounter,
+    history: Sequence[Message],
+    role: str,
+    fits_from: int,
+    history_room: int,
+) -> ValueError:
+    """A reply or tool result needs the user turn it belongs to, and none fits (ContextTooLargeError, with
+    what that turn and everything after it would cost) or none exists (ValueError)."""
+    earlier_user = next((i for i in range(fits_from - 1, -1, -1) if history[i].role == "user"), None)
+    if earlier_user is None:
+        return ValueError(f"a {role} message needs a user turn before it, and the history has none")
+    needed = sum(counter.count_message(m) for m in history[earlier_user:])
+    return ContextTooLargeError(
+        spec,
+        needed_tokens=needed,
+        available_tokens=history_room,
+        detail=(
+            f"the newest {role} message needs the history from its user turn on "
+            f"({len(history) - earlier_user} messages, {needed} tokens), but at most "
+            f"{spec.message_limit} messages and {history_room} tokens of history fit"
+        ),
+    )
+
+
 class ContextWindowManager:
     """Builds model-aware context windows from a registry."""
 
@@ -119,60 +177,26 @@ class ContextWindowManager:
         """
         spec = self.spec(model)
         counter = self.counter(spec)
-        if new_message.role == "system":
-            raise ValueError("the new message cannot be a system message; pass it as system_prompt")
-        for index, message in enumerate(history):
-            if message.role == "system":
-                raise ValueError(f"history[{index}] is a system message; pass the system prompt separately")
+        _check_roles(history, new_message)
 
         system = (Message("system", system_prompt),) if system_prompt else ()
         system_tokens = sum(counter.count_message(m) for m in system)
         new_tokens = counter.count_message(new_message)
         fixed = REPLY_PRIMING_TOKENS + system_tokens + new_tokens
         if fixed > spec.prompt_token_budget:
-            raise ContextTooLargeError(
-                spec,
-                needed_tokens=fixed,
-                available_tokens=spec.prompt_token_budget,
-                detail=(
-                    f"the system prompt ({system_tokens} tokens), the newest message ({new_tokens} tokens) "
-                    f"and the reply header ({REPLY_PRIMING_TOKENS}) need {fixed} tokens, but only "
-                    f"{spec.prompt_token_budget} are left after reserving the output"
-                ),
-            )
+            raise _fixed_part_error(spec, system_tokens, new_tokens)
 
         history_room = min(spec.history_token_budget, spec.prompt_token_budget - fixed)
-        start, costs = _suffix_start(
+        fits_from, costs = _suffix_start(
             history, counter, token_room=history_room, message_limit=spec.message_limit
         )
-        fits_from = start
-        # Never open on an orphaned assistant or tool reply: skip forward to the first user turn.
-        while start < len(history) and history[start].role != "user":
-            start += 1
-        kept_costs = costs[start - fits_from :]
-
+        start = _first_user_turn(history, fits_from)
         if new_message.role != "user" and start == len(history):
-            # A reply or tool result needs the user turn it belongs to, and none fits (or none exists).
-            earlier_user = next((i for i in range(fits_from - 1, -1, -1) if history[i].role == "user"), None)
-            if earlier_user is None:
-                raise ValueError(
-                    f"a {new_message.role} message needs a user turn before it, and the history has none"
-                )
-            needed = sum(counter.count_message(m) for m in history[earlier_user:])
-            raise ContextTooLargeError(
-                spec,
-                needed_tokens=needed,
-                available_tokens=history_room,
-                detail=(
-                    f"the newest {new_message.role} message needs the history from its user turn on "
-                    f"({len(history) - earlier_user} messages, {needed} tokens), but at most "
-                    f"{spec.message_limit} messages and {history_room} tokens of history fit"
-                ),
-            )
+            raise _orphan_reply_error(spec, counter, history, new_message.role, fits_from, history_room)
 
         return Window(
             messages=(*system, *history[start:], new_message),
-            prompt_tokens=fixed + sum(kept_costs),
+            prompt_tokens=fixed + sum(costs[start - fits_from :]),
             max_output_tokens=spec.max_output_tokens,
             dropped=start,
             model=spec,

@@ -37,14 +37,14 @@ def inference_body(messages: Sequence[Message], model: ModelSpec, max_tokens: in
 
 
 def error_detail(content: bytes) -> str:
-    """ai-stack's own error text: {"error", "detail"} from the app, {"error", "reason"} from the auth
-    middleware; anything else is shown as (a prefix of) the body."""
+    """ai-stack's own error text: `{"error", "detail"}` (from the app and its auth middleware alike);
+    anything else is shown as (a prefix of) the body."""
     try:
         data = json.loads(content)
     except ValueError:
         return content[:_MAX_DETAIL].decode("utf-8", "replace").strip() or "(empty body)"
     if isinstance(data, dict) and "error" in data:
-        extra = data.get("detail") or data.get("reason")
+        extra = data.get("detail")
         return f"{data['error']}: {extra}"[:_MAX_DETAIL] if extra else str(data["error"])[:_MAX_DETAIL]
     return str(data)[:_MAX_DETAIL]
 

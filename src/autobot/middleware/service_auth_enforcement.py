@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from autobot.middleware._asgi import Receive, Scope, Send, ServiceAuthMiddlewareBase, send_refusal
+from starlette.types import Receive, Scope, Send
+
+from autobot.middleware.service_auth_core import ServiceAuthMiddlewareBase, send_refusal
 from autobot.security.audit import Phase
 from autobot.security.decision import Decision
 
@@ -19,4 +21,4 @@ class ServiceAuthEnforcementMiddleware(ServiceAuthMiddlewareBase):
     fail_startup_without_auth: ClassVar[bool] = True
 
     async def on_refused(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
-        await send_refusal(scope, send, decision.status, decision.reason)
+        await send_refusal(scope, receive, send, decision.status, decision.reason)

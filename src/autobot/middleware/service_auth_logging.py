@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from autobot.middleware._asgi import Receive, Scope, Send, ServiceAuthMiddlewareBase
+from starlette.types import Receive, Scope, Send
+
+from autobot.middleware.service_auth_core import ServiceAuthMiddlewareBase
 from autobot.security.audit import Phase
 from autobot.security.decision import Decision
 

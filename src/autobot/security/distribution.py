@@ -1,23 +1,46 @@
-"""Which key files each machine receives, derived from the controller keyring and the service matrix.
+"""Which secret files each machine receives, derived from the controller's secrets and the service matrix.
 
 A machine gets its own master keys and, for each caller the matrix lets call it, the pair keys derived for it
 from that caller's master keys; the versions are those verifiers accept (current and previous). Nothing else:
-a compromised machine cannot sign as its callers towards any other service. Pure, so the Ansible filter plugin
-and the tests use this one function.
+a compromised machine cannot sign as its callers towards any other service. A service with a `redis:` section
+also gets its Redis ACL password, and the Redis machine the admin password (root only).
+
+`machine_files` decides every file of the key directory (path, content, owner, group, mode); the role
+service_keys only installs what it returns (through the `autobot_key_files` filter) and removes the rest.
+Pure, so the Ansible filter plugin and the tests use this one function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from autobot.security.keyring import ACCEPTED_VERSIONS, master_file_name, pair_file_name
-from autobot.security.keyring_file import ControllerKeyring
+from autobot.security.keyring_file import ControllerKeyring, parse_keyring
 from autobot.security.keys import derive_pair_key
+
+# The service user reads its files through its group; the Redis admin's credential is root's alone.
+OWNER = "root"
+GROUP_READABLE_MODE = "0640"
+ROOT_ONLY_MODE = "0600"
+REDIS_USER_FILE = "redis.password"
+REDIS_ADMIN_FILE = "redis-admin.password"
 
 
 class DistributionError(ValueError):
     """The keyring and the matrix disagree (e.g. a caller without keys); never carries key material."""
+
+
+@dataclass(frozen=True)
+class MachineFile:
+    """One file of a machine's key directory, as it must be installed. `mode` is Ansible's octal string."""
+
+    path: str
+    content: str = field(repr=False)
+    owner: str
+    group: str
+    mode: str
 
 
 def _accepted(versions: Mapping[int, bytes]) -> list[int]:
@@ -49,3 +72,48 @@ def machine_key_files(
         for version in _accepted(theirs.keys):
             files[pair_file_name(caller, version)] = derive_pair_key(theirs.keys[version], service_id).hex()
     return dict(sorted(files.items()))
+
+
+def _redis_password(secrets: Mapping[str, Any], user: str) -> str:
+    users = (secrets.get("redis") or {}).get("users") or {}
+    password = users.get(user) if isinstance(users, Mapping) else None
+    if not isinstance(password, str) or not password:
+        raise DistributionError(
+            f"the secrets hold no Redis password for ACL user {user!r}: generate secrets first"
+        )
+    return password
+
+
+def machine_files(
+    secrets: Mapping[str, Any],
+    services: Mapping[str, Any],
+    service_id: str,
+    *,
+    key_dir: str,
+    service_group: str,
+    admin_user: str = "admin",
+) -> list[MachineFile]:
+    """Every file of `key_dir` on the machine running `service_id`, sorted by path.
+
+    `secrets` is what `autobot_secrets` plans: `keyring` (the controller keyring document) and `redis.users`
+    (ACL user -> password). Key files and the service's Redis password are root:`service_group` 0640; the
+    Redis admin password (on the machine of kind `redis` only) is root:root 0600.
+    """
+    keyring = parse_keyring(secrets.get("keyring"), source="secrets keyring")
+    group_readable = {"owner": OWNER, "group": service_group, "mode": GROUP_READABLE_MODE}
+    contents = machine_key_files(keyring, services, service_id)
+    entry = services[service_id]  # known to be in the matrix: machine_key_files checked it
+    if entry.get("redis") is not None:
+        contents[REDIS_USER_FILE] = _redis_password(secrets, service_id)
+    files = [MachineFile(f"{key_dir}/{name}", text, **group_readable) for name, text in contents.items()]
+    if entry.get("kind") == "redis":
+        files.append(
+            MachineFile(
+                f"{key_dir}/{REDIS_ADMIN_FILE}",
+                _redis_password(secrets, admin_user),
+                owner=OWNER,
+                group=OWNER,
+                mode=ROOT_ONLY_MODE,
+            )
+        )
+    return sorted(files, key=lambda f: f.path)

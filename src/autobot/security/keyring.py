@@ -28,7 +28,7 @@ from autobot.security.keys import (
 ACCEPTED_VERSIONS = 2  # current and previous
 _MASTER_FILE = re.compile(r"master\.v(?P<version>[1-9][0-9]{0,8})\.key")
 _PAIR_FILE = re.compile(r"pair\.(?P<caller>[a-z][a-z0-9-]{0,62})\.v(?P<version>[1-9][0-9]{0,8})\.key")
-# Key files must be 0640 or tighter (DESIGN.md section 4): nothing for others, no group write.
+# Key files must be 0640 or tighter (docs/architecture.md, "Key files"): nothing for others, no group write.
 _FORBIDDEN_MODE_BITS = 0o137
 _MAX_KEY_FILE_BYTES = 4096
 

@@ -11,8 +11,6 @@ Planning is pure (`plan_keyring`); reading and the atomic 0600 write are the I/O
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from autobot.atomic_file import write_atomic
 from autobot.security.keyring import ACCEPTED_VERSIONS
 from autobot.security.keys import (
     MASTER_KEY_BYTES,
@@ -31,6 +30,7 @@ from autobot.security.keys import (
 )
 
 KEYRING_FORMAT = "autobot-keyring-v1"
+KEYRING_FILE_MODE = 0o600  # every master key in the clear: the operator only
 _VAULT_MARKER = "$ANSIBLE_VAULT"
 
 
@@ -147,25 +147,8 @@ def read_keyring(path: Path) -> ControllerKeyring:
 
 
 def write_keyring_atomic(path: Path, keyring: ControllerKeyring) -> None:
-    """Write via a 0600 temp file in the same directory, fsync, rename: readers see old or new, never half."""
-    text = dump_keyring(keyring)
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write the keyring 0600 with `write_atomic`: readers see the old file or the new one, never half."""
+    write_atomic(path, dump_keyring(keyring).encode("utf-8"), KEYRING_FILE_MODE)
 
 
 def plan_keyring(

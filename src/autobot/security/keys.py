@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-MASTER_KEY_BYTES = 32  # 256-bit, as DESIGN.md section 4 asks
+MASTER_KEY_BYTES = 32  # 256-bit (docs/architecture.md, "Keys")
 PAIR_KEY_CONTEXT = b"autobot-pair-v1|"
 
 _SERVICE_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")

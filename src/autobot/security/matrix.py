@@ -1,9 +1,10 @@
 """The authorization matrix of one callee, read from the service matrix (`autobot_services` in group_vars).
 
-Semantics (DESIGN.md section 3): default deny; a route is reachable without a signature only if the callee
-declares it public; otherwise the caller needs a grant of {methods, path}. In a path pattern `*` matches
-exactly one non-empty segment and `**` the rest (zero or more segments, last position only). Methods are exact
-and upper-case, so HEAD is not GET. Unknown callees and callers are denied everything.
+Semantics (docs/architecture.md, "The service matrix"): default deny; a route is reachable without a signature
+only if the callee declares it public; otherwise the caller needs a grant of {methods, path}. In a path
+pattern `*` matches exactly one non-empty segment and `**` the rest (zero or more segments, last position
+only). Methods are exact and upper-case, so HEAD is not GET. Unknown callees and callers are denied
+everything.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Verification of one request, from the raw bytes received; the one function both middlewares use.
 
-Order (DESIGN.md section 4): path safety -> public route? -> headers present and well-formed -> caller known
-and keyid belongs to it -> algorithm -> `created` within +-skew -> digest matches body -> HMAC (constant
-time) -> nonce unseen (Redis, only after the MAC verified) -> matrix grant. Failures up to the nonce are 401,
-the matrix is 403, an unreachable replay store is 503 (fail closed).
+Order (docs/architecture.md, "Verification"): path safety -> public route? -> headers present and
+well-formed -> caller known and keyid belongs to it -> algorithm -> `created` within +-skew -> digest matches
+body -> HMAC (constant time) -> nonce unseen (Redis, only after the MAC verified) -> matrix grant. Failures up
+to the nonce are 401, the matrix is 403, an unreachable replay store is 503 (fail closed).
 
 Unsafe paths are refused with 401 on every route, public ones included: the path check runs before anything
 else, so no route can be reached through `..`, `//` or encoded separators.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http_sfv.dictionary import Dictionary
 from http_sfv.item import InnerList, Item, Parameters
 
-from autobot.security import decision as r
+from autobot.security import decision as reasons
 from autobot.security.canonical import (
     ALGORITHM,
     COVERED_COMPONENTS,
@@ -79,10 +79,6 @@ class VerifyContext:
         """Route kind and path safety of a request target: computed once, used by middleware and verifier."""
         return Target(self.route_kind(method, raw_path), path_problem(raw_path, query_string) is None)
 
-    def needs_body(self, method: str, raw_path: bytes, query_string: bytes) -> bool:
-        """Whether verifying this request reads the body (safe service routes only; public ones never do)."""
-        return self.classify(method, raw_path, query_string).needs_body
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -137,13 +133,13 @@ def _collect_headers(headers: Sequence[tuple[bytes, bytes]]) -> dict[bytes, byte
 def _header_text(headers: dict[bytes, bytes], name: bytes) -> str:
     value = headers.get(name)
     if value is None:
-        raise _Refused(401, f"{r.MISSING_HEADER}:{name.decode()}")
+        raise _Refused(401, f"{reasons.MISSING_HEADER}:{name.decode()}")
     if len(value) > _MAX_HEADER_BYTES or not value:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:{name.decode()}")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{name.decode()}")
     try:
         return value.decode("ascii")
     except UnicodeDecodeError:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:{name.decode()}") from None
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{name.decode()}") from None
 
 
 def _parse_dictionary(text: str, name: str) -> Dictionary:
@@ -151,16 +147,16 @@ def _parse_dictionary(text: str, name: str) -> Dictionary:
     try:
         parsed.parse(text.encode("ascii"))
     except Exception:  # http_sfv raises several types on hostile input; all mean "malformed"
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:{name}") from None
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{name}") from None
     return parsed
 
 
 def _byte_member(dictionary: Dictionary, key: str, header: str) -> bytes:
     member = dictionary.get(key)
     if not isinstance(member, Item) or type(member.value) is not bytes or member.params:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:{header}")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{header}")
     if len(member.value) != _HASH_BYTES:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:{header}")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{header}")
     return member.value
 
 
@@ -193,11 +189,11 @@ def _parse_signature_input(text: str) -> tuple[tuple[str, ...], Mapping[str, obj
             return COVERED_COMPONENTS, params
     inner = _parse_dictionary(text, "signature-input").get(SIGNATURE_LABEL)
     if not isinstance(inner, InnerList):
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:signature-input")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:signature-input")
     components = []
     for item in inner:
         if type(item.value) is not str or item.params:
-            raise _Refused(401, f"{r.MALFORMED_HEADER}:signature-input")
+            raise _Refused(401, f"{reasons.MALFORMED_HEADER}:signature-input")
         components.append(item.value)
     return tuple(components), inner.params
 
@@ -218,7 +214,7 @@ def _parse_content_digest(text: str) -> bytes:
 def _parse_signed_fields(headers: dict[bytes, bytes], claim: _Claim) -> _SignedFields:
     service_id = _header_text(headers, b"x-service-id")
     if not is_service_id(service_id):
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:x-service-id")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:x-service-id")
     claim.caller = service_id
     digest_text = _header_text(headers, b"content-digest")
     input_text = _header_text(headers, b"signature-input")
@@ -229,16 +225,16 @@ def _parse_signed_fields(headers: dict[bytes, bytes], claim: _Claim) -> _SignedF
 
     components, params = _parse_signature_input(input_text)
     if components != COVERED_COMPONENTS or set(params) != _PARAMS:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:signature-input")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:signature-input")
     created, nonce, keyid, alg = (params[p] for p in ("created", "nonce", "keyid", "alg"))
     if type(created) is not int or type(nonce) is not str or type(keyid) is not str or type(alg) is not str:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:signature-input")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:signature-input")
     if _NONCE.fullmatch(nonce) is None:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:signature-input")
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:signature-input")
     try:
         key_id = _key_id(keyid)
     except KeyFormatError:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:signature-input") from None
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:signature-input") from None
     claim.keyid = str(key_id)
     try:
         # In the order received: the signer's serialization is what it signed.
@@ -247,7 +243,7 @@ def _parse_signed_fields(headers: dict[bytes, bytes], claim: _Claim) -> _SignedF
             COVERED_COMPONENTS, [(name, checked[name]) for name in params]
         )
     except ValueError:
-        raise _Refused(401, f"{r.MALFORMED_HEADER}:signature-input") from None
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:signature-input") from None
     return _SignedFields(
         service_id=service_id,
         content_digest=digest_text.strip(" \t"),
@@ -267,17 +263,17 @@ def _check_claims(
     """Steps 2-5, pure: the parsed fields and the caller's pair key, or _Refused(401, reason)."""
     fields = _parse_signed_fields(_collect_headers(request.headers), claim)
     if fields.service_id not in ctx.keyring.callers:
-        raise _Refused(401, r.UNKNOWN_CALLER)
+        raise _Refused(401, reasons.UNKNOWN_CALLER)
     if fields.key_id.service != fields.service_id:
-        raise _Refused(401, r.KEYID_MISMATCH)
+        raise _Refused(401, reasons.KEYID_MISMATCH)
     key = ctx.keyring.verification_key(fields.key_id)
     if key is None:
-        raise _Refused(401, r.UNKNOWN_KEY_VERSION)
+        raise _Refused(401, reasons.UNKNOWN_KEY_VERSION)
     if fields.alg != ctx.algorithm:
-        raise _Refused(401, r.BAD_ALGORITHM)
+        raise _Refused(401, reasons.BAD_ALGORITHM)
     # Not truncated to whole seconds: the window is exactly 2 x skew wide, which the nonce lifetime covers.
     if abs(now - fields.created) > ctx.clock_skew_s:
-        raise _Refused(401, r.CREATED_OUT_OF_WINDOW)
+        raise _Refused(401, reasons.CREATED_OUT_OF_WINDOW)
     return fields, key
 
 
@@ -292,7 +288,7 @@ async def body_sha256(body: bytes) -> bytes:
 def _check_signature(request: RawRequest, fields: _SignedFields, key: bytes, body_digest: bytes) -> None:
     """Steps 6-7, pure: the digest matches the body, then the HMAC matches (constant time)."""
     if not hmac.compare_digest(body_digest, fields.digest):
-        raise _Refused(401, r.DIGEST_MISMATCH)
+        raise _Refused(401, reasons.DIGEST_MISMATCH)
     try:
         components = request_components(
             method=request.method,
@@ -303,9 +299,9 @@ def _check_signature(request: RawRequest, fields: _SignedFields, key: bytes, bod
         )
         base = signature_base(components, fields.signature_params)
     except CanonicalError:
-        raise _Refused(401, r.MALFORMED_HEADER) from None
+        raise _Refused(401, reasons.MALFORMED_HEADER) from None
     if not mac_matches(key, base, fields.signature):
-        raise _Refused(401, r.BAD_SIGNATURE)
+        raise _Refused(401, reasons.BAD_SIGNATURE)
 
 
 async def verify_request(
@@ -322,19 +318,19 @@ async def verify_request(
     claim = _Claim()
     try:
         if not target.safe:
-            raise _Refused(401, r.UNSAFE_PATH)
+            raise _Refused(401, reasons.UNSAFE_PATH)
         if route_kind == "public":
-            return Decision(200, r.PUBLIC_ROUTE, "public")
+            return Decision(200, reasons.PUBLIC_ROUTE, "public")
         fields, key = _check_claims(request, ctx, now, claim)
         _check_signature(request, fields, key, await body_sha256(request.body))
         try:
             fresh = await ctx.nonces.remember(ctx.callee, fields.service_id, fields.nonce)
         except ReplayStoreUnavailable:
-            raise _Refused(503, r.REPLAY_STORE_UNAVAILABLE) from None
+            raise _Refused(503, reasons.REPLAY_STORE_UNAVAILABLE) from None
         if not fresh:
-            raise _Refused(401, r.REPLAYED_NONCE)
+            raise _Refused(401, reasons.REPLAYED_NONCE)
         if not ctx.matrix.allows(fields.service_id, request.method, request.raw_path.decode("ascii")):
-            raise _Refused(403, r.NOT_GRANTED)
+            raise _Refused(403, reasons.NOT_GRANTED)
     except _Refused as refused:
         return Decision(refused.status, refused.reason, route_kind, claim.caller, claim.keyid)
-    return Decision(200, r.OK, route_kind, claim.caller, claim.keyid)
+    return Decision(200, reasons.OK, route_kind, claim.caller, claim.keyid)

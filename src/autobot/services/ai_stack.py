@@ -22,7 +22,11 @@ from autobot.context.window import ContextTooLargeError, ContextWindowManager, W
 from autobot.llm.base import Completion, LLMError, LLMProvider, LLMUnavailableError
 from autobot.llm.factory import make_provider
 from autobot.messages import Message
-from autobot.services._http import ApiError, Readiness, open_redis, post_body_limit, service_app
+from autobot.middleware.body_size_limit import post_body_limit
+from autobot.services.http.app import service_app
+from autobot.services.http.errors import ApiError
+from autobot.services.http.health import Readiness
+from autobot.services.http.lifespan import open_redis
 
 SERVICE_ID = "ai-stack"
 MAX_BODY_BYTES = 2 * 1024 * 1024

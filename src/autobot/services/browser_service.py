@@ -22,7 +22,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from autobot.config import ServiceConfig
-from autobot.services._http import ApiError, Readiness, open_redis, post_body_limit, service_app
+from autobot.middleware.body_size_limit import post_body_limit
+from autobot.services.http.app import service_app
+from autobot.services.http.errors import ApiError
+from autobot.services.http.health import Readiness
+from autobot.services.http.lifespan import open_redis
 
 SERVICE_ID = "browser-service"
 INDEX_KEY = "sessions:index"

@@ -23,6 +23,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from autobot.atomic_file import write_atomic
 from autobot.storage import blobs
 from autobot.storage.connection import DEFAULT_BUSY_TIMEOUT_S, connect
 from autobot.storage.errors import (
@@ -227,7 +228,7 @@ class ConversationFileManager:
         target = self.files_dir / stored_filename
         digest = hashlib.sha256(content).hexdigest()
         try:
-            blobs.write_atomic(target, content)
+            write_atomic(target, content, blobs.FILE_MODE)
         except OSError as exc:
             raise StorageBackendError(f"cannot write {target}: {exc.strerror or exc}") from exc
         try:

@@ -1,25 +1,29 @@
-"""Code shared by the two service-auth middlewares: pure ASGI, body buffering and replay, lifespan.
+"""The core of service authentication, shared by the two phase middlewares: verify, audit, act on refusals.
 
-The two public classes differ only in what they do with a refusal (pass it on, or answer it) and in whether a
-failed start-up of the auth components stops the service. Which one runs is decided by the deployed ASGI entry
-file, never by a setting.
+`ServiceAuthMiddlewareBase` is pure ASGI: it builds the auth components (keyring, matrix, replay store, audit
+log) on lifespan start-up, buffers the body a signed route needs (`buffered_body`), runs `verify_request`,
+writes the audit line and hands the decision to its subclass. The two subclasses (`service_auth_logging`,
+`service_auth_enforcement`) differ only in what they do with a refusal (pass it on, or answer it) and in
+whether a failed start-up of the auth components stops the service. Which one runs is decided by the
+deployed ASGI entry file, never by a setting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autobot.config import ServiceConfig
+from autobot.middleware.asgi import content_length, error_code, error_response, header
+from autobot.middleware.buffered_body import BufferedBody, read_body, replaying_receive
 from autobot.redis_pool import create_redis
 from autobot.security import decision as reasons
 from autobot.security.audit import AuditLog, Phase, audit_record
@@ -30,23 +34,11 @@ from autobot.security.matrix import Matrix
 from autobot.security.replay import NonceChecker, NonceStore
 from autobot.security.verify import RawRequest, VerifyContext, verify_request
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # After a failed component build, requests do not retry it more often than this (no file reads per request).
 REBUILD_INTERVAL_S = 10.0
 # Handlers may read the decision (e.g. the verified caller) from the scope under this key.
 SCOPE_KEY = "autobot.service_auth"
-_ERRORS = {
-    401: "unauthorized",
-    403: "forbidden",
-    413: "payload_too_large",
-    503: "service_unavailable",
-}
 log = logging.getLogger("autobot.service_auth")
 
 
@@ -62,77 +54,8 @@ class _Components:
     owns_audit: bool
 
 
-@dataclass
-class _Body:
-    chunks: list[bytes]
-    more_after: bool = False  # the client still has body bytes we did not read
-    too_large: bool = False
-    disconnected: bool = False
-
-    def joined(self) -> bytes:
-        """The whole body, joined once (the verifier and the replay to the app share the one copy)."""
-        if len(self.chunks) != 1:
-            self.chunks = [b"".join(self.chunks)]
-        return self.chunks[0]
-
-
-async def read_body(receive: Receive, limit: int, declared_length: int | None) -> _Body:
-    """Buffer the request body up to `limit` bytes; stop early (too_large) once it is exceeded."""
-    if declared_length is not None and declared_length > limit:
-        return _Body(chunks=[], more_after=True, too_large=True)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return _Body(chunks=chunks, disconnected=True)
-        if message["type"] != "http.request":
-            continue
-        chunk = bytes(message.get("body", b""))
-        more = bool(message.get("more_body", False))
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return _Body(chunks=chunks, more_after=more, too_large=True)
-        if not more:
-            return _Body(chunks=chunks)
-
-
-def replaying_receive(body: _Body, receive: Receive) -> Receive:
-    """A `receive` that first hands the app the bytes already read, then defers to the server."""
-    if body.too_large:
-        pending = deque(body.chunks)
-        more_after = body.more_after
-    else:
-        pending = deque([body.joined()])
-        more_after = False
-
-    async def replay() -> Message:
-        if pending:
-            chunk = pending.popleft()
-            return {"type": "http.request", "body": chunk, "more_body": bool(pending) or more_after}
-        return await receive()
-
-    return replay
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value)
-    return None
-
-
-def _declared_length(scope: Scope) -> int | None:
-    value = _header(scope, b"content-length")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def _claimed_caller(scope: Scope) -> str | None:
-    value = _header(scope, b"x-service-id")
+    value = header(scope, b"x-service-id")
     if value is None:
         return None
     text = value.decode("latin-1").strip()
@@ -149,21 +72,17 @@ def _raw_target(scope: Scope) -> tuple[bytes, bytes]:
     return path, bytes(scope.get("query_string") or embedded_query)
 
 
-async def send_refusal(scope: Scope, send: Send, status: int, reason: str) -> None:
-    """Answer a refused request: JSON error for HTTP, policy-violation close for a WebSocket handshake."""
+async def send_refusal(scope: Scope, receive: Receive, send: Send, status: int, reason: str) -> None:
+    """Answer a refused request: the JSON error shape for HTTP (`detail` is the decision's reason, as in the
+    audit log), a policy-violation close for a WebSocket handshake."""
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": reason[:100]})
         return
-    body = json.dumps({"error": _ERRORS.get(status, "error"), "reason": reason}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-    ]
+    # Refusals depend on time, keys and the replay store: never cache one; a 503 is worth retrying soon.
+    headers = {"cache-control": "no-store"}
     if status == 503:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+        headers["retry-after"] = "1"
+    await error_response(status, error_code(status), reason, headers=headers)(scope, receive, send)
 
 
 class ServiceAuthMiddlewareBase:
@@ -343,9 +262,9 @@ class ServiceAuthMiddlewareBase:
             return
         ctx = components.ctx
         target = ctx.classify(method, raw_path, query_string)
-        body = _Body(chunks=[])
+        body = BufferedBody(chunks=[])
         if scope["type"] == "http" and target.needs_body:
-            body = await read_body(receive, self._max_body_bytes, _declared_length(scope))
+            body = await read_body(receive, self._max_body_bytes, content_length(scope))
             if body.disconnected:
                 return
             receive = replaying_receive(body, receive)

@@ -1,0 +1,103 @@
+"""`create_app(config)`: the main-backend app. Nothing touches Redis, SQLite or the disk until the lifespan
+starts; then it opens the Redis client (autobot.redis_pool), initialises the file store (schema created on
+first start), the transcripts directory, the LLM provider and the chat workflow, and closes them again on
+shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from autobot.chat.transcripts import TranscriptStore
+from autobot.chat.workflow import ChatWorkflowManager
+from autobot.config import BackendConfig, ConfigError, ServiceConfig
+from autobot.context import ContextWindowManager, ModelRegistry
+from autobot.llm import ProviderBuilder, make_provider
+from autobot.llm.ai_stack import ai_stack_builders
+from autobot.middleware.body_size_limit import BodyLimit, route_body_limits
+from autobot.services.http.app import add_routers, service_app
+from autobot.services.http.health import Readiness, ReadinessCheck
+from autobot.services.http.lifespan import open_redis
+from autobot.services.main_backend import chat, files
+from autobot.services.main_backend.chat import MAX_MESSAGE_CHARS
+from autobot.services.main_backend.errors import install_domain_errors
+from autobot.services.main_backend.models import models_router
+from autobot.services.main_backend.state import SERVICE_ID, BackendState
+from autobot.storage import ConversationFileManager
+
+# JSON may escape every character as \uXXXX (6 bytes), plus room for the other fields.
+JSON_BODY_LIMIT = 6 * MAX_MESSAGE_CHARS + 64 * 1024
+# Multipart framing and the small form fields around an upload.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def _backend_config(config: ServiceConfig) -> BackendConfig:
+    if config.backend is None:
+        raise ConfigError(f"service {config.service_id!r} has no 'backend' section; main-backend needs one")
+    return config.backend
+
+
+def load_registry(config: ServiceConfig) -> ModelRegistry:
+    backend = _backend_config(config)
+    return ModelRegistry.load(backend.models_file or config.models_file, default_model=backend.default_model)
+
+
+def _body_limit(max_upload_bytes: int) -> BodyLimit:
+    """The upload route takes a file; every other request is at most a chat message as JSON."""
+    return route_body_limits(
+        files.router.routes, {files.UPLOAD_ROUTE: max_upload_bytes + MULTIPART_OVERHEAD}, JSON_BODY_LIMIT
+    )
+
+
+def _dir_writable_check(path: Path) -> ReadinessCheck:
+    async def check() -> None:
+        ok = await asyncio.to_thread(lambda: path.is_dir() and os.access(path, os.W_OK | os.X_OK))
+        if not ok:
+            raise RuntimeError(f"{path} is not a writable directory")
+
+    return check
+
+
+def create_app(
+    config: ServiceConfig, *, provider_builders: Mapping[str, ProviderBuilder] | None = None
+) -> FastAPI:
+    """The main-backend app. `provider_builders` adds LLM provider builders (the signed "ai-stack" one)."""
+    backend = _backend_config(config)
+    # Read (and validated) now: a broken registry file fails the start, not the first chat.
+    windows = ContextWindowManager(load_registry(config))
+    readiness = Readiness()
+
+    async def setup(app: FastAPI, stack: contextlib.AsyncExitStack) -> None:
+        redis = open_redis(config.redis, stack, readiness)
+        file_store = ConversationFileManager.from_config(backend)
+        await file_store.initialize()
+        workflow = ChatWorkflowManager(
+            redis=redis,
+            windows=windows,
+            # The signed "ai-stack" provider needs the whole config (keys, peers); explicit builders win.
+            provider=make_provider(
+                config.llm, extra_builders={**ai_stack_builders(config), **(provider_builders or {})}
+            ),
+            transcripts=TranscriptStore(backend.transcripts_dir),
+            history_ttl_s=backend.history_ttl_s,
+        )
+        stack.push_async_callback(workflow.aclose)
+        await workflow.initialize()
+        app.state.backend = BackendState(redis=redis, files=file_store, chat=workflow, windows=windows)
+        stack.callback(delattr, app.state, "backend")
+        readiness.add("database", file_store.storage_stats)
+        readiness.add("transcripts", _dir_writable_check(backend.transcripts_dir))
+
+    # No /docs or /openapi.json: the service matrix lists every public route, and those are not among them.
+    app = service_app(
+        SERVICE_ID, setup, readiness, body_limit=_body_limit(backend.max_upload_bytes), expose_docs=False
+    )
+    install_domain_errors(app)
+    add_routers(app, chat.router, files.router, models_router(windows))
+    return app
