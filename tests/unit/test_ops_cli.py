@@ -66,7 +66,7 @@ def test_a_successful_run_shows_the_command_progress_and_a_summary_per_host(
         "0",
         "20250101T000000Z-abc1234",
         "logging",
-        "signs main-backend:v2; verifies",
+        "signs main-backend:v2; verifies npu-worker:v1",
     ]
     assert [call[0] for call in replay.calls] == [SITE, HEALTH]
     [run] = _runs(project)

@@ -64,8 +64,9 @@ def _inventory(project: Path, given: str) -> tuple[Path, str]:
 
 def _console() -> Console:
     console = Console()
-    if console.width < 120:  # pipes and CI report 80 columns: keep host names and states readable
-        console = Console(width=120)
+    if not console.is_terminal:
+        # pipes and CI report 80 columns: give the tables room for host names, release ids and states
+        console = Console(width=max(console.width, 160))
     return console
 
 

@@ -142,6 +142,7 @@ def failure_text(failures: Sequence[Failure]) -> Text:
         text.append(f', task "{f.task}": ' if f.task else ": ")
         text.append(f.message)
         text.append("\n")
+    text.rstrip()
     return text
 
 
