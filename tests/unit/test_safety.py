@@ -56,7 +56,7 @@ def test_production_addresses_appear_only_in_the_production_inventory_and_docs()
 
 
 def test_every_local_host_is_a_container_reached_on_a_loopback_port() -> None:
-    """inventory/local reaches each container by SSH on a loopback port Docker publishes, never another address."""
+    """inventory/local reaches each container by SSH on a loopback port Docker publishes, nothing else."""
     inventory = yaml.safe_load((ROOT / "inventory/local/hosts.yml").read_text(encoding="utf-8"))
     top = inventory["all"]["vars"]
     assert top["autobot_env"] == "local"
@@ -65,12 +65,16 @@ def test_every_local_host_is_a_container_reached_on_a_loopback_port() -> None:
     ports = []
     for group in inventory["all"]["children"].values():
         for name, hostvars in group["hosts"].items():
-            assert not {"ansible_host", "ansible_connection"} & set(hostvars), f"{name} must not override them"
+            assert not {"ansible_host", "ansible_connection"} & set(hostvars), (
+                f"{name} must not override them"
+            )
             assert not PRODUCTION_ADDR.search(str(hostvars)), name
             assert hostvars["autobot_local_container"].startswith("autobot-local-"), name
             ports.append(hostvars["ansible_port"])
             for published in hostvars.get("autobot_local_ports", []):
-                assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", published), f"{name}: {published} is not loopback"
+                assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", published), (
+                    f"{name}: {published} is not loopback"
+                )
     assert len(set(ports)) == len(ports), "one SSH port per container"
 
 

@@ -197,12 +197,16 @@ def test_serves_on_the_socket_systemd_passes(tmp_path: Path) -> None:
 
         with svc.output_log.open("ab") as out:
             svc.process = subprocess.Popen(
-                ["sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"',
-                 *autobot_command("serve", "npu-worker", "--config", str(config))],
+                [
+                    "sh",
+                    "-c",
+                    'LISTEN_PID=$$ exec "$0" "$@"',
+                    *autobot_command("serve", "npu-worker", "--config", str(config)),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "LISTEN_FDS": "1"},
-                preexec_fn=take_fd_3,  # noqa: PLW1509 (single-threaded test: only dup2 runs there)
+                preexec_fn=take_fd_3,
                 pass_fds=(3,),
             )
 

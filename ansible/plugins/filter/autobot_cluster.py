@@ -14,7 +14,7 @@ def autobot_peers(
     groups: Mapping[str, Sequence[str]],
     hostvars: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, str]:
-    """callee -> base URL, for every Python service whose matrix entry lets `service_id` call one of its routes.
+    """callee -> base URL, for each Python service whose matrix lets `service_id` call one of its routes.
 
     The URL names the first host of the callee's group, at the address other machines reach it by
     (`autobot_address`): the cluster runs one host per callee group.
@@ -32,13 +32,15 @@ def autobot_peers(
 
 
 def autobot_config_errors(config: Mapping[str, Any], service_id: str) -> list[str]:
-    """Why the service would refuse this config (empty: it accepts it), judged by the model it loads itself."""
+    """Why the service would refuse this config (empty: it accepts it), judged by the model it loads."""
     try:
         from pydantic import ValidationError
 
         from autobot.config import ServiceConfig
     except ImportError as exc:  # pragma: no cover - the controller runs from the toolkit's virtualenv
-        raise AnsibleFilterError(f"the autobot package is not importable on the controller ({exc}): make venv") from exc
+        raise AnsibleFilterError(
+            f"the autobot package is not importable on the controller ({exc}): make venv"
+        ) from exc
     try:
         loaded = ServiceConfig.model_validate(dict(config))
     except ValidationError as exc:

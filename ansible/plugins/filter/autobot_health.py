@@ -1,4 +1,4 @@
-"""Turn what a machine reports (listening ports, unit states, health answers) into the health of its services."""
+"""Turn what a machine reports (listening ports, units, health answers) into the health of its services."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def autobot_service_health(
     """service id -> listening | down | not deployed.
 
     - not deployed: the machine has no unit of that name (ansible.builtin.service_facts' `services`);
-    - listening: its unit runs, its port listens and, when the matrix names a health route, that route answered 200
+    - listening: its unit runs, its port listens and, if the matrix names a health route, it answered 200
       (`answers`: service id -> HTTP status, 0 when nothing answered);
     - down: deployed, but one of those is not so.
     `host_services` are dict2items entries of the matrix.

@@ -10,7 +10,7 @@ short_description: Build the AutoBot release artifacts on the controller
 description:
   - Runs on the controller, once per run. Builds what every machine installs offline, and names the release.
   - The wheelhouse holds every wheel the services need, pinned with hashes by the lock file, for the machines'
-    platform (whatever the controller's is), plus the project's own wheel, built reproducibly. It is packed into
+    platform (whatever the controller's is), plus the project's own wheel, built reproducibly. It is packed in
     one deterministic tar file whose name carries the hash of its content.
   - The web UI bundle is the static UI directory, packed the same way.
   - Dependencies are downloaded once per lock file, the project wheel once per source tree: a run with nothing
@@ -104,7 +104,9 @@ def tree_files(root: Path, relative: Iterable[str]) -> list[Path]:
     for rel in relative:
         base = root / rel
         candidates = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        files.extend(p for p in candidates if "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
+        files.extend(
+            p for p in candidates if "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        )
     return sorted(files)
 
 
@@ -144,8 +146,12 @@ def release_id(now: datetime.datetime, commit: str) -> str:
 
 def git_commit(project: Path) -> str:
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(project), *args], capture_output=True, text=True, check=True
+        # The operator's git, on the operator's own checkout.
+        return subprocess.run(  # noqa: S603
+            ["git", "-C", str(project), *args],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
 
     try:
@@ -158,7 +164,8 @@ def git_commit(project: Path) -> str:
 
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
     env = {**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    # argv lists built here from the module's own parameters (paths), never a shell.
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, check=False)  # noqa: S603
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {result.returncode}):\n{tail}")
@@ -169,10 +176,30 @@ def download_dependencies(lock: Path, dest: Path, python_version: str, platforms
     if dest.is_dir():
         return
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--require-hashes", "--python-version", python_version, "--implementation", "cp",
-           "--abi", f"cp{python_version.replace('.', '')}", "--abi", "abi3", "--abi", "none",
-           "-r", str(lock), "-d", str(tmp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--require-hashes",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "--abi",
+        f"cp{python_version.replace('.', '')}",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        "-r",
+        str(lock),
+        "-d",
+        str(tmp),
+    ]
     for platform in platforms:
         cmd += ["--platform", platform]
     try:
@@ -183,7 +210,7 @@ def download_dependencies(lock: Path, dest: Path, python_version: str, platforms
 
 
 def build_project_wheel(project: Path, cache: Path) -> Path:
-    """The project's wheel, built from a copy of its sources (the checkout stays clean), once per source tree."""
+    """The project's wheel, built from a copy of its sources (the checkout stays clean), once per source."""
     files = tree_files(project, _WHEEL_SOURCES)
     source_hash = tree_sha256(project, files)[:16]
     target = cache / f"project-{source_hash}"

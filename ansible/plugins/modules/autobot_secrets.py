@@ -81,6 +81,7 @@ try:
 except ImportError:  # pragma: no cover - reported by the module itself
     HAS_AUTOBOT = False
 
+
 def _random_secret() -> str:
     return _random.token_hex(32)
 

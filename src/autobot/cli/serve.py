@@ -74,8 +74,8 @@ def systemd_listen_fd(environ: MutableMapping[str, str], pid: int) -> int | None
     """The listening socket a systemd .socket unit passed to this process, as sd_listen_fds(3) defines it.
 
     The deployed units use socket activation: systemd holds the port, so a restart queues connections in the
-    backlog instead of refusing them. The variables are removed once read (they are meant for this process only,
-    not for anything it starts). Without them (a service started by hand) the service binds its own port.
+    backlog instead of refusing them. The variables are removed once read (they are meant for this process
+    only, not for anything it starts). Without them (a service started by hand) it binds its own port.
     """
     fds, owner = environ.get("LISTEN_FDS"), environ.get("LISTEN_PID")
     if fds is None or owner is None:
@@ -92,7 +92,9 @@ def systemd_listen_fd(environ: MutableMapping[str, str], pid: int) -> int | None
 def run_server(app: Any, config: ServiceConfig, *, access_log: bool, fd: int | None = None) -> None:
     import uvicorn  # imported here so `autobot serve --help` stays fast
 
-    where: dict[str, Any] = {"fd": fd} if fd is not None else {"host": config.listen.host, "port": config.listen.port}
+    where: dict[str, Any] = (
+        {"fd": fd} if fd is not None else {"host": config.listen.host, "port": config.listen.port}
+    )
     server_config = uvicorn.Config(
         app,
         **where,
@@ -102,7 +104,7 @@ def run_server(app: Any, config: ServiceConfig, *, access_log: bool, fd: int | N
         log_level=config.log_level,
         server_header=False,
         lifespan="on",
-        timeout_graceful_shutdown=config.listen.graceful_shutdown_s,
+        timeout_graceful_shutdown=max(1, round(config.listen.graceful_shutdown_s)),
     )
     uvicorn.Server(server_config).run()
 
