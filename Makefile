@@ -16,7 +16,7 @@ LOCAL_INVENTORY := inventory/local
 # Debian packages the tests and the local cluster need: command -> package.
 SYSTEM_PACKAGES := redis-server:redis-server debootstrap:debootstrap dockerd:docker.io sqlite3:sqlite3
 
-.PHONY: help up test down status deps system-packages venv docker image lint pytest molecule bench
+.PHONY: help up test down status deps system-packages venv docker image lint pytest molecule bench lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ molecule: venv docker image ## every Molecule scenario (create, converge, idempo
 
 pytest: venv ## unit, integration and security tests (a real redis-server is started by the tests)
 	pytest -q -p no:cacheprovider tests
+
+lock: venv ## pin the services' dependencies with hashes (services.lock, what the machines install)
+	uv pip compile pyproject.toml --quiet --generate-hashes --no-header --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --output-file services.lock
 
 bench: venv ## the benchmarks (print numbers; nothing asserts on time)
 	@for b in tests/perf/bench_*.py; do echo "== $$b"; python "$$b"; done

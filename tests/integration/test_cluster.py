@@ -96,6 +96,57 @@ async def test_main_backend_manages_browser_sessions_signed(as_main_backend: Ser
     assert (deleted.status_code, gone.status_code) == (204, 404)
 
 
+async def test_user_tool_routes_reach_npu_worker_and_browser_service_signed(cluster: Cluster) -> None:
+    """A user's request to main-backend becomes main-backend's signed call to the other service."""
+    backend = cluster["main-backend"]
+    async with httpx.AsyncClient(base_url=backend.url, timeout=20, trust_env=False) as user:
+        processed = await user.post(
+            "/api/tools/process", json={"task": "digest", "texts": ["from a user", "through main-backend"]}
+        )
+        created = await user.post("/api/tools/browser-sessions", json={"url": "https://example.org/docs"})
+        sid = created.json().get("id", "")
+        fetched = await user.get(f"/api/tools/browser-sessions/{sid}")
+        deleted = await user.delete(f"/api/tools/browser-sessions/{sid}")
+        gone = await user.get(f"/api/tools/browser-sessions/{sid}")
+        invalid = await user.post("/api/tools/process", json={"texts": []})
+        malformed = await user.post("/api/tools/process", content=b"{not json")
+        bad_id = await user.get("/api/tools/browser-sessions/..%2Fadmin")
+    assert processed.status_code == 200, processed.text
+    assert processed.json()["count"] == 2
+    assert (created.status_code, fetched.status_code, deleted.status_code, gone.status_code) == (
+        201,
+        200,
+        204,
+        404,
+    )
+    assert fetched.json()["url"] == "https://example.org/docs"
+    # The callee's own validation reaches the user unchanged; main-backend's is its own.
+    assert invalid.status_code == 422
+    assert malformed.status_code == 400
+    assert bad_id.status_code in (401, 404, 422)
+    wait_for_audit(
+        cluster["npu-worker"].audit_log, caller="main-backend", path="/api/process", decision="allow"
+    )
+    wait_for_audit(
+        cluster["browser-service"].audit_log, caller="main-backend", path="/api/sessions", decision="allow"
+    )
+    wait_for_audit(backend.audit_log, path="/api/tools/process", decision="public", caller=None)
+
+
+async def test_a_callee_that_refuses_main_backend_is_a_502_not_the_users_fault() -> None:
+    from autobot.services.http.errors import ApiError
+    from autobot.services.main_backend.tools import relay
+
+    for status in (401, 403):
+        with pytest.raises(ApiError) as refused:
+            relay("npu-worker", status, b'{"error":"unauthorized","detail":"bad signature"}')
+        assert (refused.value.status_code, refused.value.code) == (502, "service_refused")
+    with pytest.raises(ApiError) as garbled:
+        relay("npu-worker", 200, b"<html>")
+    assert garbled.value.status_code == 502
+    assert relay("browser-service", 204, b"").status_code == 204
+
+
 async def test_unsigned_call_is_refused_and_audited(cluster: Cluster) -> None:
     npu = cluster["npu-worker"]
     async with httpx.AsyncClient(base_url=npu.url, trust_env=False) as anyone:
@@ -113,10 +164,10 @@ async def test_granted_caller_on_a_route_not_granted_is_403(
     cluster: Cluster, as_main_backend: ServiceClient
 ) -> None:
     wrong_method = await as_main_backend.delete("npu-worker", "/api/process")
-    not_granted = await as_main_backend.get("ai-stack", "/api/ready")
+    not_granted = await as_main_backend.get("ai-stack", "/api/admin/keys")
     assert wrong_method.status_code == 403, wrong_method.text
     assert not_granted.status_code == 403, not_granted.text
-    record = wait_for_audit(cluster["ai-stack"].audit_log, path="/api/ready", caller="main-backend")
+    record = wait_for_audit(cluster["ai-stack"].audit_log, path="/api/admin/keys", caller="main-backend")
     assert (record["decision"], record["reason"].split(":")[0]) == ("deny", "not_granted")
 
 

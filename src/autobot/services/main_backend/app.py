@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from autobot.chat.transcripts import TranscriptStore
+from autobot.client.service_client import ServiceClient
 from autobot.chat.workflow import ChatWorkflowManager
 from autobot.config import BackendConfig, ConfigError, ServiceConfig
 from autobot.context import ContextWindowManager, ModelRegistry
@@ -24,7 +25,7 @@ from autobot.middleware.body_size_limit import BodyLimit, route_body_limits
 from autobot.services.http.app import add_routers, service_app
 from autobot.services.http.health import Readiness, ReadinessCheck
 from autobot.services.http.lifespan import open_redis
-from autobot.services.main_backend import chat, files
+from autobot.services.main_backend import chat, files, tools
 from autobot.services.main_backend.chat import MAX_MESSAGE_CHARS
 from autobot.services.main_backend.errors import install_domain_errors
 from autobot.services.main_backend.models import models_router
@@ -91,6 +92,11 @@ def create_app(
         await workflow.initialize()
         app.state.backend = BackendState(redis=redis, files=file_store, chat=workflow, windows=windows)
         stack.callback(delattr, app.state, "backend")
+        if config.security is not None and config.peers:
+            # The signed client of the tool routes (npu-worker, browser-service); pooled, closed on shutdown.
+            app.state.tools = ServiceClient.from_config(config)
+            stack.push_async_callback(app.state.tools.aclose)
+            stack.callback(delattr, app.state, "tools")
         readiness.add("database", file_store.storage_stats)
         readiness.add("transcripts", _dir_writable_check(backend.transcripts_dir))
 
@@ -99,5 +105,5 @@ def create_app(
         SERVICE_ID, setup, readiness, body_limit=_body_limit(backend.max_upload_bytes), expose_docs=False
     )
     install_domain_errors(app)
-    add_routers(app, chat.router, files.router, models_router(windows))
+    add_routers(app, chat.router, files.router, models_router(windows), tools.router)
     return app
