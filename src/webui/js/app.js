@@ -314,33 +314,30 @@ class App {
     const reply = this.messages.addReply();
     this.abort = new AbortController();
     const body = { message: text, session_id: sessionId, model: this.modelSelect.value || null };
+    // Once the stream has started, main-backend has saved the message: a failure after that point must not
+    // put the text back for a second send.
+    let started = false;
     let finished = false;
     try {
       const response = await api.chatStream(body, this.abort.signal);
+      started = true;
+      userItem.classList.remove("is-pending");
       for await (const { event, data } of readEvents(response)) {
         if (event === "chunk") {
           reply.append(data.text ?? "");
         } else if (event === "done") {
           finished = true;
-          userItem.classList.remove("is-pending");
           userItem.dataset.messageId = data.message_id ?? "";
-          const model = this.models.get(data.model);
-          const usage = contextUsage(data, model);
+          const usage = contextUsage(data, this.models.get(data.model));
           reply.finish(data, { ...usage, answeredBy: answeredBy(data) });
           this.setMeter(usage);
           this.sessions.noteMessage(sessionId, text);
         } else if (event === "error") {
           finished = true;
-          this.streamError(data, userItem, reply);
+          this.streamError(data, reply);
         }
       }
-      if (!finished) {
-        reply.fail("The reply was cut off: the connection closed before it finished.");
-        this.say("The reply was cut off before it finished. Reload the conversation to see what was saved.", "error");
-      }
-      if (this.sessions.currentId === sessionId) {
-        this.title.textContent = this.titleOf(sessionId);
-      }
+      if (!finished) this.cutOff(reply, null);
       this.refreshSessions().then(() => {
         if (this.sessions.currentId === sessionId) this.title.textContent = this.titleOf(sessionId);
       });
@@ -348,6 +345,8 @@ class App {
       if (err?.name === "AbortError") {
         reply.fail("Stopped. The server may still save the full reply; reopen the conversation to see it.");
         userItem.classList.remove("is-pending");
+      } else if (started) {
+        this.cutOff(reply, err);
       } else {
         this.turnFailed(err, text, userItem, reply);
       }
@@ -358,9 +357,17 @@ class App {
     }
   }
 
+  // The stream ended without `done` or `error` (connection broken, proxy timeout): the message was saved,
+  // the reply may be partly saved.
+  cutOff(reply, err) {
+    reply.fail("The reply was cut off before it finished.");
+    this.say("The reply was cut off before it finished. Reopen the conversation to see what was saved.", "error");
+    const info = err ? describeError(err) : null;
+    if (info?.connectionLost) this.connection.markDown(err.detail ?? err.message);
+  }
+
   // An `error` event: the reply started and then failed; the message itself was saved before streaming.
-  streamError(data, userItem, reply) {
-    userItem.classList.remove("is-pending");
+  streamError(data, reply) {
     const detail = typeof data?.detail === "string" ? data.detail : "the reply failed";
     reply.fail(`The reply failed: ${detail}`);
     this.say(`The reply failed: ${detail}`, "error");

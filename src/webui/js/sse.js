@@ -1,3 +1,5 @@
+import { NetworkError } from "./api.js";
+
 // Server-sent events read from a fetch() response body (EventSource cannot POST a JSON body).
 // The parser follows the WHATWG event-stream rules: lines end in \n, \r\n or \r (possibly split across
 // network chunks), "field: value" lines accumulate, a blank line dispatches, lines starting with ":" are
@@ -62,12 +64,20 @@ export class SseParser {
 }
 
 // Yield {event, data} for each event of `response`'s body as it arrives; JSON data is parsed.
+// A connection that breaks mid-stream raises NetworkError (an abort stays an AbortError).
 export async function* readEvents(response) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   const parser = new SseParser();
   try {
     for (;;) {
-      const { value, done } = await reader.read();
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        if (err?.name === "AbortError") throw err;
+        throw new NetworkError(err);
+      }
+      const { value, done } = chunk;
       if (done) break;
       for (const event of parser.push(value)) {
         yield { event: event.event, data: parseData(event.data) };
