@@ -67,7 +67,9 @@ def artifacts() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is active it keeps an asyncio loop marked as running
+# in this thread, so every pytest-asyncio test collected after the browser tests would fail to start.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
