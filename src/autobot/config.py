@@ -58,6 +58,9 @@ class LLMConfig(_Strict):
     base_url: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
     api_key_file: Path | None = None
+    # Only for provider "offline" (the dev stand-in): the pause between streamed chunks, so a browser sees
+    # the reply grow. Bounded like the provider's own check, so a typo fails at start-up.
+    offline_chunk_delay_s: float = Field(default=0.02, ge=0, le=1.0)
 
 
 class BackendConfig(_Strict):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import time
 from pathlib import Path
 
@@ -52,6 +54,58 @@ async def test_offline_is_deterministic_and_streams_the_same_text() -> None:
     other = await llm.complete([Message("user", "something else")], model=SPEC, max_tokens=100)
     assert other.text != first.text
     assert "1 message(s)" in other.text
+
+
+async def test_offline_stream_is_paced_so_a_reader_sees_it_grow() -> None:
+    # Read the stream and, concurrently, count the event-loop turns between chunks: with a pace the
+    # provider waits on the loop's clock between chunks (other requests run meanwhile), without one it
+    # only yields. Turn counts, not wall-clock times, so the assertion holds on a loaded machine.
+    async def turns_between_chunks(llm: OfflineEchoProvider) -> list[int]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        seen: list[int] = []
+        async for _ in llm.stream(WINDOW, model=SPEC, max_tokens=100):
+            seen.append(ticks)
+        stop.set()
+        await task
+        return [b - a for a, b in itertools.pairwise(seen)]
+
+    paced = await turns_between_chunks(OfflineEchoProvider(chunk_delay_s=0.02))
+    unpaced = await turns_between_chunks(OfflineEchoProvider())
+    # The 1 ms ticker is always due before the 20 ms pace, so it runs at least once between paced chunks
+    # (about 20 times on a quiet machine); unpaced, it can run at most once per chunk (one loop turn).
+    assert min(paced) >= 1
+    assert sorted(paced)[len(paced) // 2] >= 2
+    assert max(unpaced) <= 1
+    paced_text = "".join(
+        [c async for c in OfflineEchoProvider(chunk_delay_s=0.001).stream(WINDOW, model=SPEC, max_tokens=100)]
+    )
+    assert paced_text == (await OfflineEchoProvider().complete(WINDOW, model=SPEC, max_tokens=100)).text
+
+
+def test_offline_pace_comes_from_the_llm_config_with_a_20_ms_default() -> None:
+    default = make_provider(LLMConfig())
+    assert isinstance(default, OfflineEchoProvider)
+    assert default.chunk_delay_s == 0.02
+    configured = make_provider(LLMConfig(offline_chunk_delay_s=0))
+    assert isinstance(configured, OfflineEchoProvider)
+    assert configured.chunk_delay_s == 0
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.5, "fast"])
+def test_offline_pace_refuses_nonsense(bad: object) -> None:
+    with pytest.raises(ValueError, match="offline_chunk_delay_s"):
+        LLMConfig.model_validate({"offline_chunk_delay_s": bad})
+    with pytest.raises(ValueError, match="chunk_delay_s"):
+        OfflineEchoProvider(chunk_delay_s=-1)
 
 
 async def test_offline_without_user_message() -> None:

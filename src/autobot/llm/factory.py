@@ -43,7 +43,7 @@ def _build_openai(cfg: LLMConfig) -> LLMProvider:
 
 
 def _build_offline(cfg: LLMConfig) -> LLMProvider:
-    return OfflineEchoProvider()
+    return OfflineEchoProvider(chunk_delay_s=cfg.offline_chunk_delay_s)
 
 
 BUILDERS: Mapping[str, ProviderBuilder] = {

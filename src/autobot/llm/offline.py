@@ -2,6 +2,10 @@
 
 It answers deterministically, from the window it was given, at near-zero CPU cost, so the whole chat path
 (history, context window, transcripts) can run without a model. It never pretends to be one.
+
+Streamed, it sends one word per chunk with a small pause between chunks (`llm.offline_chunk_delay_s`, 20 ms
+by default), so a browser on the local cluster sees the reply grow as it would from a model, instead of
+receiving the whole text in one step. The pause is a timer on the event loop, not CPU work.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from autobot.llm.base import Completion
 from autobot.messages import Message
 
 _PREVIEW_CHARS = 60
+# A pace, not a latency simulation: longer pauses would only make the local cluster feel broken.
+MAX_CHUNK_DELAY_S = 1.0
 
 
 def offline_reply(messages: Sequence[Message], model: ModelSpec) -> str:
@@ -36,6 +42,13 @@ def offline_reply(messages: Sequence[Message], model: ModelSpec) -> str:
 class OfflineEchoProvider:
     name = "offline-echo (not a language model)"
 
+    def __init__(self, *, chunk_delay_s: float = 0.0) -> None:
+        if not 0 <= chunk_delay_s <= MAX_CHUNK_DELAY_S:
+            raise ValueError(
+                f"chunk_delay_s must be between 0 and {MAX_CHUNK_DELAY_S} s, not {chunk_delay_s}"
+            )
+        self.chunk_delay_s = chunk_delay_s
+
     async def complete(self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int) -> Completion:
         return Completion(
             text=offline_reply(messages, model),
@@ -51,7 +64,8 @@ class OfflineEchoProvider:
         words = offline_reply(messages, model).split(" ")
         for index, word in enumerate(words):
             yield word if index == 0 else " " + word
-            await asyncio.sleep(0)  # let other requests run between chunks, as a real stream would
+            # Other requests run between chunks, as with a real stream; sleep(0) when unpaced.
+            await asyncio.sleep(self.chunk_delay_s)
 
     async def aclose(self) -> None:
         return None
