@@ -124,15 +124,22 @@ def manifest_sha256(entries: Iterable[tuple[str, str]]) -> str:
     return hashlib.sha256("".join(f"{name} {sha}\n" for name, sha in sorted(entries)).encode()).hexdigest()
 
 
+def content_mtime(sha256_hex: str) -> int:
+    """A file's modification time derived from its content. nginx's ETag and Last-Modified are built from mtime
+    and size, so two releases' files of equal size but different content must not share an mtime (a browser
+    would keep the old file); equal content keeps it (nothing to download again)."""
+    return int(sha256_hex[:7], 16)
+
+
 def write_deterministic_tar(dest: Path, root: Path, files: Sequence[Path]) -> None:
-    """A tar whose bytes depend on the files' names and contents only (no times, owners or order)."""
+    """A tar whose bytes depend on the files' names and contents only (no clock, owners or order)."""
     tmp = dest.with_name(dest.name + ".tmp")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(files):
             info = tarfile.TarInfo(path.relative_to(root).as_posix())
             info.size = path.stat().st_size
             info.mode = 0o644
-            info.mtime = 0
+            info.mtime = content_mtime(sha256_file(path))
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             with path.open("rb") as handle:
