@@ -14,7 +14,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 # Tests and `make up` only ever use the local inventory; production is never named here.
 LOCAL_INVENTORY := inventory/local
 # Debian packages the tests and the local cluster need: command -> package.
-SYSTEM_PACKAGES := redis-server:redis-server debootstrap:debootstrap dockerd:docker.io sqlite3:sqlite3
+SYSTEM_PACKAGES := redis-server:redis-server debootstrap:debootstrap dockerd:docker.io sqlite3:sqlite3 \
+	nginx:nginx chromium:chromium
 
 .PHONY: help up test down status deps system-packages venv docker image lint pytest molecule bench lock
 

@@ -6,26 +6,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def listening_ports(tcp_listen: Sequence[Mapping[str, Any]]) -> set[int]:
-    """The ports of community.general.listen_ports_facts' `tcp_listen` entries."""
-    return {int(entry["port"]) for entry in tcp_listen if str(entry.get("port", "")).isdigit()}
-
-
 def autobot_service_health(
     host_services: Sequence[Mapping[str, Any]],
-    tcp_listen: Sequence[Mapping[str, Any]],
+    open_ports: Sequence[int],
     units: Mapping[str, Mapping[str, Any]],
     answers: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """service id -> listening | down | not deployed.
 
     - not deployed: the machine has no unit of that name (ansible.builtin.service_facts' `services`);
-    - listening: its unit runs, its port listens and, if the matrix names a health route, it answered 200
-      (`answers`: service id -> HTTP status, 0 when nothing answered);
+    - listening: its unit runs, its port accepts connections (`open_ports`) and, if the matrix names a health
+      route, it answered 200 (`answers`: service id -> HTTP status, 0 when nothing answered);
     - down: deployed, but one of those is not so.
     `host_services` are dict2items entries of the matrix.
     """
-    ports = listening_ports(tcp_listen)
+    ports = {int(port) for port in open_ports}
     answers = answers or {}
     health: dict[str, str] = {}
     for service in host_services:

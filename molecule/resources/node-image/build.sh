@@ -64,6 +64,8 @@ printf '%s\n' '[Service]' 'ExecStartPre=' 'ExecStartPre=/usr/bin/ssh-keygen -A' 
 chroot "$rootfs" systemctl enable ssh >/dev/null 2>&1
 chroot "$rootfs" apt-get clean
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/tmp/* "$rootfs"/var/cache/apt/*.bin
+# Empty package lists that look old, so the first apt task of a role refreshes them (cache_valid_time).
+touch -d @0 "$rootfs/var/lib/apt/lists"
 
 echo "node image: importing as $tag" >&2
 tar -C "$rootfs" -c . | docker import \

@@ -73,3 +73,40 @@ def ansible_verbose_converge() -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     return output
+
+
+def molecule_inventory() -> str:
+    ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not ephemeral:
+        pytest.skip("needs Molecule's inventory (run through molecule verify)")
+    return f"{ephemeral}/inventory"
+
+
+def run_playbook(name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    """Run playbooks/<name> on the scenario's machines, as an operator would (never raises on failure)."""
+    result = subprocess.run(
+        ["ansible-playbook", "-i", molecule_inventory(), str(REPO / "playbooks" / name), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=timeout,
+    )
+    print(f"ansible-playbook {name} {' '.join(args)} -> rc {result.returncode}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def machine() -> Any:
+    """machine("autobot-npu-worker"): a testinfra host for one machine, reached as Ansible reaches it (sudo)."""
+    import testinfra
+
+    inventory = molecule_inventory()
+    cache: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in cache:
+            cache[name] = testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}", sudo=True)
+        return cache[name]
+
+    return get

@@ -10,6 +10,7 @@ import click
 
 # name -> "module:attribute"; each attribute is a click command or group.
 _COMMANDS: dict[str, str] = {
+    "audit": "autobot.cli.audit:audit",
     "config": "autobot.cli.config:config",
     "db": "autobot.cli.db:db",
     "keys": "autobot.cli.keys:keys",
