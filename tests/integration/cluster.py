@@ -207,7 +207,9 @@ def service_config(
         for sub in ("files", "transcripts"):
             (data / sub).mkdir(parents=True, exist_ok=True)
     elif svc.service_id == "ai-stack":
-        config["llm"] = {"provider": "offline"}
+        # Paced as on the local cluster (a word every 50 ms): a streamed reply takes about 2 s, long enough to
+        # watch it arrive in pieces, or to stop ai-stack in the middle of one.
+        config["llm"] = {"provider": "offline", "offline_chunk_delay_s": 0.05}
     return config
 
 

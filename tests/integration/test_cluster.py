@@ -3,9 +3,11 @@ signed over loopback, each with its deployed key directory and its own Redis ACL
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,6 +42,19 @@ async def as_main_backend(cluster: Cluster) -> AsyncIterator[ServiceClient]:
     await client.aclose()
 
 
+def assert_ai_stack_allowed(cluster: Cluster, path: str) -> None:
+    """ai-stack verified main-backend's signed POST to `path` (enforcement phase) and allowed it."""
+    allowed = wait_for_audit(
+        cluster["ai-stack"].audit_log, caller="main-backend", path=path, decision="allow"
+    )
+    assert (allowed["keyid"], allowed["phase"], allowed["route_kind"], allowed["method"]) == (
+        "main-backend:v1",
+        "enforcement",
+        "service",
+        "POST",
+    )
+
+
 async def test_chat_goes_through_ai_stack_signed(cluster: Cluster) -> None:
     backend = cluster["main-backend"]
     async with httpx.AsyncClient(base_url=backend.url, timeout=20, trust_env=False) as user:
@@ -56,15 +71,75 @@ async def test_chat_goes_through_ai_stack_signed(cluster: Cluster) -> None:
     assert [m["role"] for m in history.json()["messages"]] == ["user", "assistant", "user", "assistant"]
 
     # ai-stack verified and allowed main-backend's signed call; the user's call was public on main-backend.
-    allowed = wait_for_audit(
-        cluster["ai-stack"].audit_log, caller="main-backend", path="/api/inference", decision="allow"
-    )
-    assert (allowed["keyid"], allowed["phase"], allowed["route_kind"]) == (
-        "main-backend:v1",
-        "enforcement",
-        "service",
-    )
+    assert_ai_stack_allowed(cluster, "/api/inference")
     wait_for_audit(backend.audit_log, path="/api/chat", decision="public", caller=None)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """(event, data) of each server-sent event, as it arrives."""
+    event: str | None = None
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: ") and event is not None:
+            yield event, json.loads(line.removeprefix("data: "))
+            event = None
+
+
+async def test_chat_stream_arrives_chunk_by_chunk_through_ai_stack_signed(cluster: Cluster) -> None:
+    backend = cluster["main-backend"]
+    body = {"session_id": "itest-stream", "message": "Stream through the cluster"}
+    async with (
+        httpx.AsyncClient(base_url=backend.url, timeout=20, trust_env=False) as user,
+        user.stream("POST", "/api/chat/stream", json=body) as response,
+    ):
+        assert response.status_code == 200
+        events = [event async for event in sse_events(response)]
+    chunks = [data["text"] for kind, data in events if kind == "chunk"]
+    # ai-stack's offline stand-in sends a word at a time; each arrives at the user as its own event.
+    assert len(chunks) > 1, events
+    kind, done = events[-1]
+    assert kind == "done"
+    assert done["reply"] == "".join(chunks)
+    assert done["reply"].startswith("[offline-echo]")
+    assert "Stream through the cluster" in done["reply"]
+    assert_ai_stack_allowed(cluster, "/api/inference/stream")
+
+
+async def test_ai_stack_dying_mid_stream_ends_the_users_stream_with_an_error(cluster: Cluster) -> None:
+    ai_stack = cluster["ai-stack"]
+    events: list[tuple[str, dict[str, Any]]] = []
+    try:
+        async with (
+            httpx.AsyncClient(base_url=cluster["main-backend"].url, timeout=20, trust_env=False) as user,
+            user.stream(
+                "POST", "/api/chat/stream", json={"session_id": "itest-dies", "message": "Hi"}
+            ) as response,
+        ):
+            async for event in sse_events(response):
+                events.append(event)
+                if len(events) == 1:
+                    assert ai_stack.process is not None
+                    ai_stack.process.kill()  # SIGKILL by PID: no graceful end of the stream in flight
+                    ai_stack.process.wait()
+            history = (await user.get("/api/chat/sessions/itest-dies/messages")).json()
+    finally:
+        cluster.start("ai-stack")
+    assert events[0][0] == "chunk"
+    kind, error = events[-1]
+    assert (kind, error["error"]) == ("error", "llm_unavailable"), events[-3:]
+    assert not [e for e in events if e[0] == "done"]
+    # Nothing partial is kept: the user's message, no reply.
+    assert [m["role"] for m in history["messages"]] == ["user"]
+
+    # ai-stack is back (same port, same keys) and main-backend streams through it again.
+    async with (
+        httpx.AsyncClient(base_url=cluster["main-backend"].url, timeout=20, trust_env=False) as user,
+        user.stream(
+            "POST", "/api/chat/stream", json={"session_id": "itest-dies", "message": "Again"}
+        ) as again,
+    ):
+        assert [kind async for kind, _ in sse_events(again)][-1] == "done"
 
 
 async def test_main_backend_calls_npu_worker_signed(cluster: Cluster, as_main_backend: ServiceClient) -> None:

@@ -1,19 +1,22 @@
-"""ServiceClient against a real local server (uvicorn + the enforcement middleware + real Redis)."""
+"""ServiceClient against a real local server (uvicorn + the enforcement middleware + real Redis): `request`
+and the streamed call `stream`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from tests.integration.cluster import read_audit
 from tests.security.auth_support import MATRIX_FILE, serving
 from tests.support.redis_server import free_port
 
@@ -38,6 +41,7 @@ class Recorder:
         self.nonces: list[str] = []
         self.fail_first = 2
         self.fail_status = 503
+        self.gate = asyncio.Event()
 
     async def flaky(self, request: Request) -> Response:
         self.hits[request.method] += 1
@@ -54,10 +58,37 @@ class Recorder:
         await asyncio.sleep(0.6)
         return JSONResponse({})
 
+    async def lines(self, request: Request) -> Response:
+        """Streams the JSON body it received back, one line per item, pausing at `gate` after the first."""
+        self.hits["lines"] += 1
+        self.nonces.append(request.headers["signature-input"].split('nonce="')[1].split('"')[0])
+        items = (await request.json())["items"]
+
+        async def body() -> AsyncIterator[bytes]:
+            for index, item in enumerate(items):
+                yield json.dumps({"item": item}).encode() + b"\n"
+                if index == 0:
+                    await self.gate.wait()
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
+    async def dies(self, request: Request) -> Response:
+        """Answers a first line, then its connection breaks off, as when the callee's process dies."""
+        self.hits["dies"] += 1
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b'{"item": "before dying"}\n'
+            await asyncio.sleep(0)
+            raise RuntimeError("the callee dies mid-stream (deliberately, in a test)")
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/api/sessions/slow", self.slow, methods=["GET"]),
+                Route("/api/sessions/stream/lines", self.lines, methods=["POST"]),
+                Route("/api/sessions/stream/dies", self.dies, methods=["GET", "POST"]),
                 Route("/api/sessions/{rest:path}", self.flaky, methods=["GET", "POST", "DELETE"]),
             ]
         )
@@ -68,7 +99,7 @@ async def callee(
     redis_client: Redis, keyrings: dict[str, Keyring], tmp_path: Path
 ) -> AsyncIterator[tuple[Recorder, str]]:
     recorder = Recorder()
-    audit = AuditLog.open(tmp_path / "audit.log")
+    audit = AuditLog.open(tmp_path / "callee-audit.log")
     app = ServiceAuthEnforcementMiddleware(
         recorder.app(),
         service_id="browser-service",
@@ -227,3 +258,94 @@ def test_a_keyring_that_cannot_sign_is_refused_up_front(key_root: Path, tmp_path
         ServiceClient.from_config(config)
     with pytest.raises(ValueError, match="cannot sign requests"):
         ServiceClient("npu-worker", Keyring.load_dir(keys_dir, "npu-worker"), {})
+
+
+# --- stream -----------------------------------------------------------------------------------------------
+
+
+async def _read_lines(response_lines: AsyncIterator[str], after_first: Callable[[], None]) -> list[str]:
+    # A bound on a hang, not a timed assertion: a buffered stream would never deliver the first line.
+    async with asyncio.timeout(10):
+        first = await anext(response_lines)
+    after_first()
+    return [first] + [line async for line in response_lines]
+
+
+async def test_stream_is_signed_verified_and_read_as_it_arrives(
+    callee: tuple[Recorder, str], keyrings: dict[str, Keyring], tmp_path: Path
+) -> None:
+    recorder, base_url = callee
+    async with _client(keyrings, base_url) as client:
+        for _ in range(2):  # the second call needs a fresh nonce, or the replay store refuses it
+            recorder.gate.clear()
+            async with client.stream(
+                "browser-service", "POST", "/api/sessions/stream/lines", json={"items": ["é€", 2, "z"]}
+            ) as response:
+                assert response.status_code == 200
+                # The callee sends the rest only once the first line has reached this client.
+                lines = await _read_lines(response.aiter_lines(), recorder.gate.set)
+            assert [json.loads(line)["item"] for line in lines] == ["é€", 2, "z"]
+    assert recorder.hits["lines"] == 2
+    assert len(set(recorder.nonces)) == 2
+    audit = [
+        r for r in read_audit(tmp_path / "callee-audit.log") if r["path"] == "/api/sessions/stream/lines"
+    ]
+    assert [(r["caller"], r["decision"], r["status"]) for r in audit] == [("main-backend", "allow", 200)] * 2
+
+
+async def _read_all(client: ServiceClient, method: str, path: str, into: list[str]) -> None:
+    async with client.stream("browser-service", method, path) as response:
+        async for line in response.aiter_lines():
+            into.append(line)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_callee_dying_mid_stream_is_an_error_and_never_retried(
+    callee: tuple[Recorder, str], keyrings: dict[str, Keyring], method: str
+) -> None:
+    recorder, base_url = callee
+    received: list[str] = []
+    async with _client(keyrings, base_url, retries=3) as client:
+        with pytest.raises(ServiceUnavailableError, match=r"reading the streamed response.*1 attempt\(s\)"):
+            await _read_all(client, method, "/api/sessions/stream/dies", received)
+    assert [json.loads(line) for line in received] == [{"item": "before dying"}]
+    assert recorder.hits["dies"] == 1  # retries=3 and even for GET: the callee had started answering
+
+
+async def test_stream_hands_any_status_back_without_retrying(
+    callee: tuple[Recorder, str], keyrings: dict[str, Keyring]
+) -> None:
+    recorder, base_url = callee
+    async with (
+        _client(keyrings, base_url) as client,
+        client.stream("browser-service", "GET", "/api/sessions/s1") as response,
+    ):
+        assert response.status_code == 503
+        assert json.loads(await response.aread()) == {"busy": True}
+    assert recorder.hits["GET"] == 1  # `request` would have retried this GET
+
+
+async def test_stream_retries_only_connections_that_were_never_made(
+    callee: tuple[Recorder, str], keyrings: dict[str, Keyring]
+) -> None:
+    recorder, base_url = callee
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with _client(keyrings, dead, retries=2) as client:
+        with pytest.raises(ServiceUnavailableError, match=r"ConnectError after 3 attempt\(s\)"):
+            async with client.stream("browser-service", "POST", "/api/sessions/s1", json={}):
+                pass
+    async with _client(keyrings, base_url, timeout=0.2) as client:
+        with pytest.raises(ServiceTimeoutError, match=r"timed out waiting for the response .*1 attempt\(s\)"):
+            async with client.stream("browser-service", "GET", "/api/sessions/slow"):
+                pass
+    assert recorder.hits["slow"] == 1  # the request was sent: waiting for its answer is never retried
+
+
+async def test_stream_refuses_bad_calls_before_sending(keyrings: dict[str, Keyring]) -> None:
+    async with _client(keyrings, "http://127.0.0.1:9") as client:
+        with pytest.raises(ValueError, match="unsafe path"):
+            async with client.stream("browser-service", "GET", "/api/sessions/../admin"):
+                pass
+        with pytest.raises(ValueError, match="signing headers"):
+            async with client.stream("browser-service", "GET", "/api/sessions/x", headers={"Signature": "x"}):
+                pass

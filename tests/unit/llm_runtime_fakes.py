@@ -4,17 +4,26 @@ server-sent events), replaying scripted replies instead of running a model.
 
 It records every request (path, headers, JSON body) so tests can assert what the providers sent, and can be
 scripted to fail the ways real runtimes do: HTTP errors, malformed JSON, slow answers, cut streams.
+
+`GatedFakeLLM` is a FAKE LLM provider (in process, no runtime behind it) whose stream pauses after its first
+chunk until the test opens a gate: a reader that got the first chunk before opening the gate proves the reply
+travelled chunk by chunk, with no timing involved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from autobot.context.registry import ModelSpec
+from autobot.llm.base import Completion
+from autobot.messages import Message
 
 PROMPT_EVAL_COUNT = 12
 
@@ -214,3 +223,29 @@ def running_fake_llm_runtime() -> Iterator[FakeLLMRuntime]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class GatedFakeLLM:
+    """A FAKE LLM provider: streams `first`, waits for `gate`, then streams `rest`."""
+
+    name = "fake-gated-llm (not a language model)"
+
+    def __init__(self, first: str, rest: Sequence[str]) -> None:
+        self.first = first
+        self.rest = list(rest)
+        self.gate = asyncio.Event()
+
+    async def complete(self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int) -> Completion:
+        text = self.first + "".join(self.rest)
+        return Completion(text, "fake-gated", None, None, self.name)
+
+    async def stream(
+        self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int
+    ) -> AsyncIterator[str]:
+        yield self.first
+        await self.gate.wait()
+        for chunk in self.rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        return None

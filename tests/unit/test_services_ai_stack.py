@@ -1,8 +1,11 @@
-"""ai-stack: /api/models from the registry and /api/inference through the provider interface, within the
-registry's limits, over real HTTP on loopback (offline stand-in, or the FAKE LLM runtime over HTTP)."""
+"""ai-stack: /api/models from the registry, /api/inference and /api/inference/stream through the provider
+interface, within the registry's limits, over real HTTP on loopback (offline stand-in, the FAKE LLM runtime
+over HTTP, or the FAKE gated provider)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ import httpx
 import pytest
 from tests.integration.cluster import serving
 from tests.support.redis_server import RedisServer, free_port
-from tests.unit.llm_runtime_fakes import FakeLLMRuntime, Script, running_fake_llm_runtime
+from tests.unit.llm_runtime_fakes import FakeLLMRuntime, GatedFakeLLM, Script, running_fake_llm_runtime
 
 from autobot.config import ListenConfig, LLMConfig, RedisConfig, ServiceConfig
 from autobot.context import ModelRegistry
@@ -222,5 +225,136 @@ async def test_unreachable_runtime_is_503(redis_server: RedisServer) -> None:
     config = _config(redis_server.url, llm=LLMConfig(provider="ollama", base_url=_refused_url(), timeout_s=2))
     async with serving(create_app(config)) as url, httpx.AsyncClient(base_url=url) as client:
         response = await _infer(client, messages=[{"role": "user", "content": "hi"}])
+    assert response.status_code == 503
+    assert response.json()["error"] == "llm_unavailable"
+
+
+# --- POST /api/inference/stream ---------------------------------------------------------------------------
+
+STREAM = "/api/inference/stream"
+
+
+def _lines(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.headers["content-type"] == "application/x-ndjson", response.headers
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+async def test_stream_sends_the_reply_in_chunks_then_done(ai: httpx.AsyncClient) -> None:
+    body = {
+        "model": "phi3:mini",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Stream it"}],
+        "max_tokens": 10**6,
+    }
+    streamed = await ai.post(STREAM, json=body)
+    whole = await ai.post("/api/inference", json=body)
+    assert streamed.status_code == 200, streamed.text
+    lines = _lines(streamed)
+    chunks, done = lines[:-1], lines[-1]
+    assert len(chunks) > 1
+    assert {line["type"] for line in chunks} == {"chunk"}
+    assert "".join(line["text"] for line in chunks) == whole.json()["text"]
+    assert done["type"] == "done"
+    assert done["provider"].startswith("offline-echo")
+    assert (done["model"], done["registry_model"], done["fell_back"]) == ("phi3:mini", "phi3:mini", False)
+    assert done["max_tokens"] == PHI3.max_output_tokens  # capped as on /api/inference
+    assert done["window"] == whole.json()["window"]
+    assert (done["prompt_tokens"], done["completion_tokens"]) == (None, None)
+
+
+async def test_stream_applies_the_same_limits(ai: httpx.AsyncClient) -> None:
+    oversize = await ai.post(
+        STREAM, json={"model": "phi3:mini", "messages": [{"role": "user", "content": "word " * 20_000}]}
+    )
+    assert oversize.status_code == 413
+    assert oversize.json()["error"] == "context_too_large"
+    for payload in ({"messages": []}, {"messages": [{"role": "user", "content": "a"}], "max_tokens": 0}):
+        refused = await ai.post(STREAM, json=payload)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"] == "invalid_request"
+    unknown = _lines(
+        await ai.post(STREAM, json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})
+    )
+    assert (unknown[-1]["registry_model"], unknown[-1]["fell_back"]) == (REGISTRY.default_name, True)
+
+
+async def test_stream_sends_each_chunk_as_it_is_generated(redis_server: RedisServer) -> None:
+    fake = GatedFakeLLM("first", [" second", " third"])
+    app = create_app(_config(redis_server.url), provider=fake)
+    async with (
+        serving(app) as url,
+        httpx.AsyncClient(base_url=url) as client,
+        client.stream("POST", STREAM, json={"messages": [{"role": "user", "content": "hi"}]}) as response,
+    ):
+        lines = response.aiter_lines()
+        # A bound on a hang, not a timed assertion: a buffered stream would never deliver this line.
+        async with asyncio.timeout(10):
+            first = json.loads(await anext(lines))
+        fake.gate.set()  # only now are the other chunks generated
+        rest = [json.loads(line) async for line in lines]
+    assert first == {"type": "chunk", "text": "first"}
+    assert [line.get("text") for line in rest] == [" second", " third", None]
+    assert rest[-1]["provider"] == fake.name
+
+
+async def _stream_from_ollama(
+    redis_server: RedisServer, runtime: FakeLLMRuntime, script: Script
+) -> httpx.Response:
+    """POST /api/inference/stream to an ai-stack whose runtime is the FAKE Ollama runtime playing `script`."""
+    runtime.script = script
+    config = _config(redis_server.url, llm=LLMConfig(provider="ollama", base_url=runtime.url, timeout_s=5))
+    async with serving(create_app(config)) as url, httpx.AsyncClient(base_url=url) as client:
+        return await client.post(
+            STREAM, json={"model": "phi3:mini", "messages": [{"role": "user", "content": "hi"}]}
+        )
+
+
+async def test_stream_relays_the_runtime_chunks(redis_server: RedisServer, runtime: FakeLLMRuntime) -> None:
+    response = await _stream_from_ollama(redis_server, runtime, Script(chunks=["Hel", "lo", " there"]))
+    lines = _lines(response)
+    assert [line.get("text") for line in lines] == ["Hel", "lo", " there", None]
+    assert (lines[-1]["type"], lines[-1]["provider"]) == ("done", "ollama")
+    assert runtime.last.body["stream"] is True
+    assert runtime.last.body["options"]["num_predict"] == PHI3.max_output_tokens
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        (Script(chunks=["a", "b", "c"], error_after_chunks=1), "llm_error"),
+        (Script(chunks=["a", "b"], cut_stream=True), "llm_unavailable"),
+    ],
+)
+async def test_runtime_failing_mid_stream_ends_with_an_error_line(
+    redis_server: RedisServer, runtime: FakeLLMRuntime, script: Script, code: str
+) -> None:
+    response = await _stream_from_ollama(redis_server, runtime, script)
+    assert response.status_code == 200  # the headers went out with the first chunk
+    lines = _lines(response)
+    assert lines[0] == {"type": "chunk", "text": "a"}
+    assert (lines[-1]["type"], lines[-1]["error"]) == ("error", code)
+    assert "ollama" in lines[-1]["detail"]
+    assert not [line for line in lines if line["type"] == "done"]
+
+
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [
+        (Script(status=500, raw_body=b'{"error": "model not loaded"}'), 503),
+        (Script(status=400, raw_body=b'{"error": "model not loaded"}'), 502),
+        (Script(error_after_chunks=0), 502),  # an error line before any chunk
+    ],
+)
+async def test_runtime_failing_before_the_first_chunk_is_an_http_error(
+    redis_server: RedisServer, runtime: FakeLLMRuntime, script: Script, status: int
+) -> None:
+    response = await _stream_from_ollama(redis_server, runtime, script)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == ("llm_unavailable" if status == 503 else "llm_error")
+
+
+async def test_stream_from_an_unreachable_runtime_is_503(redis_server: RedisServer) -> None:
+    config = _config(redis_server.url, llm=LLMConfig(provider="ollama", base_url=_refused_url(), timeout_s=2))
+    async with serving(create_app(config)) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post(STREAM, json={"messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 503
     assert response.json()["error"] == "llm_unavailable"

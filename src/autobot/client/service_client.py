@@ -4,12 +4,17 @@ One pooled httpx.AsyncClient per target service. Every attempt is signed afresh 
 the exact bytes httpx will send: the query string is encoded once here and the signature is computed from the
 built request's `raw_path`, so signer and wire can never disagree. Idempotent methods are retried with
 exponential backoff and jitter (stamina) on connection errors and 502/503/504; other methods never are.
+
+`stream` is the same call with the response body read as it arrives. It retries only a connection that could
+not be made (nothing was sent, so even a POST is safe to send again), never once the callee may have seen the
+request: a streamed answer cannot be taken back, and a generation must not run twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -32,6 +37,8 @@ _RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     httpx.WriteError,
     httpx.RemoteProtocolError,
 )
+# Failures where no connection was made, so no byte of the request left this process.
+_NOT_SENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
 QueryParams = Mapping[str, str | int | float | Sequence[str | int | float]]
 
 
@@ -51,6 +58,16 @@ class _RetryableStatus(Exception):
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(f"status {response.status_code}")
         self.response = response
+
+
+def call_error(where: str, exc: httpx.HTTPError, attempts: int, timeout: float) -> ServiceCallError:
+    """The ServiceCallError for an httpx failure of the call `where` (e.g. "POST ai-stack/api/inference")."""
+    if isinstance(exc, httpx.TimeoutException):
+        kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for the response"
+        return ServiceTimeoutError(f"{where}: timed out {kind} after {timeout}s ({attempts} attempt(s))")
+    if isinstance(exc, _RETRYABLE_ERRORS):
+        return ServiceUnavailableError(f"{where}: {type(exc).__name__} after {attempts} attempt(s): {exc}")
+    return ServiceCallError(f"{where}: {type(exc).__name__}: {exc}")
 
 
 def encode_query(params: QueryParams | None) -> str:
@@ -139,6 +156,29 @@ class ServiceClient:
     def _url(self, target: str, path: str, query: str) -> str:
         return self._peers[target] + path + (f"?{query}" if query else "")
 
+    def _checked_call(
+        self,
+        target: str,
+        path: str,
+        params: QueryParams | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[httpx.AsyncClient, str]:
+        """(the target's pooled client, the encoded query), refusing a call that must not be sent."""
+        if not path.startswith("/") or "?" in path or "#" in path:
+            raise ValueError(
+                f"path must start with '/' and carry no query or fragment (use params=): {path!r}"
+            )
+        if headers and SIGNING_HEADERS & {name.lower() for name in headers}:
+            raise ValueError("the signing headers are set by ServiceClient, not by the caller")
+        client = self._client(target)
+        query = encode_query(params)
+        # Checked as given too: httpx would silently resolve `..` and send another path than the caller wrote.
+        raw_path, _, raw_query = httpx.URL(self._url(target, path, query)).raw_path.partition(b"?")
+        problem = path_problem(path.encode("utf-8"), b"") or path_problem(raw_path, raw_query)
+        if problem is not None:
+            raise ValueError(f"refusing to send an unsafe path {path!r}: {problem}")
+        return client, query
+
     def _build(
         self,
         client: httpx.AsyncClient,
@@ -179,19 +219,7 @@ class ServiceClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         method = method.upper()
-        if not path.startswith("/") or "?" in path or "#" in path:
-            raise ValueError(
-                f"path must start with '/' and carry no query or fragment (use params=): {path!r}"
-            )
-        if headers and SIGNING_HEADERS & {name.lower() for name in headers}:
-            raise ValueError("the signing headers are set by ServiceClient, not by the caller")
-        client = self._client(target)
-        query = encode_query(params)
-        # Checked as given too: httpx would silently resolve `..` and send another path than the caller wrote.
-        raw_path, _, raw_query = httpx.URL(self._url(target, path, query)).raw_path.partition(b"?")
-        problem = path_problem(path.encode("utf-8"), b"") or path_problem(raw_path, raw_query)
-        if problem is not None:
-            raise ValueError(f"refusing to send an unsafe path {path!r}: {problem}")
+        client, query = self._checked_call(target, path, params, headers)
         where = f"{method} {target}{path}"
         attempts = 1 + (self._retries if method in IDEMPOTENT_METHODS else 0)
         initial, maximum, jitter = self._backoff
@@ -212,18 +240,56 @@ class ServiceClient:
                     return response
         except _RetryableStatus as exhausted:
             return exhausted.response
-        except httpx.TimeoutException as exc:
-            kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for the response"
-            raise ServiceTimeoutError(
-                f"{where}: timed out {kind} after {self._timeout}s ({attempts} attempt(s))"
-            ) from exc
-        except _RETRYABLE_ERRORS as exc:
-            raise ServiceUnavailableError(
-                f"{where}: {type(exc).__name__} after {attempts} attempt(s): {exc}"
-            ) from exc
         except httpx.HTTPError as exc:
-            raise ServiceCallError(f"{where}: {type(exc).__name__}: {exc}") from exc
+            raise call_error(where, exc, attempts, self._timeout) from exc
         raise AssertionError("unreachable: stamina yields at least one attempt")  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        target: str,
+        method: str,
+        path: str,
+        *,
+        params: QueryParams | None = None,
+        json: Any = None,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """`async with client.stream(...) as response`: the response once its headers arrived, its body read
+        by the block (`response.aiter_lines()`, ...) as the callee sends it, and closed when the block ends.
+
+        Signed and checked exactly like `request`. Only a connection that could not be made is retried (with
+        the same backoff); any later failure, while waiting for the headers or reading the body, raises the
+        same ServiceCallError types as `request`, and any status, 5xx included, is the caller's to read.
+        """
+        method = method.upper()
+        client, query = self._checked_call(target, path, params, headers)
+        where = f"{method} {target}{path}"
+        initial, maximum, jitter = self._backoff
+        made = 0
+        try:
+            async for attempt in stamina.retry_context(
+                on=_NOT_SENT_ERRORS,
+                attempts=1 + self._retries,
+                timeout=None,
+                wait_initial=initial,
+                wait_max=maximum,
+                wait_jitter=jitter,
+            ):
+                with attempt:
+                    made = attempt.num
+                    request = self._build(client, target, method, path, query, json, content, headers)
+                    response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise call_error(where, exc, made, self._timeout) from exc
+        try:
+            yield response
+        except httpx.HTTPError as exc:
+            # Raised by the block while reading the body: the callee stopped answering or died mid-stream.
+            raise call_error(f"{where} (reading the streamed response)", exc, made, self._timeout) from exc
+        finally:
+            await response.aclose()
 
     async def get(self, target: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.request(target, "GET", path, **kwargs)

@@ -1,11 +1,12 @@
-"""The "ai-stack" LLM provider: main-backend asks the ai-stack service (POST /api/inference), signed.
+"""The "ai-stack" LLM provider: main-backend asks the ai-stack service, signed: `complete` with POST
+/api/inference, `stream` with POST /api/inference/stream (both granted to main-backend by the matrix).
 
-The call goes through ServiceClient, so every request carries an RFC 9421 signature made with main-backend's
+The calls go through ServiceClient, so every request carries an RFC 9421 signature made with main-backend's
 pair key for ai-stack, and ai-stack's middleware verifies and authorises it like any other service call.
 ai-stack re-applies the same model registry limits, so the window sent here is the window the runtime sees.
 
-The matrix grants main-backend only POST /api/inference on ai-stack (no streaming route), so `stream` yields
-the whole reply as one chunk: honest about what happens rather than faking token-by-token output.
+The streamed answer is NDJSON (see services/ai_stack.py): each `chunk` line is yielded as it arrives, so a
+user of main-backend sees the reply grow as the runtime generates it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from autobot.messages import Message
 
 TARGET = "ai-stack"
 INFERENCE_PATH = "/api/inference"
+STREAM_PATH = "/api/inference/stream"
 PROVIDER_NAME = "ai-stack"
 _MAX_DETAIL = 300
 
@@ -49,8 +51,8 @@ def error_detail(content: bytes) -> str:
     return str(data)[:_MAX_DETAIL]
 
 
-def status_error(status: int, content: bytes) -> LLMError:
-    message = f"{PROVIDER_NAME}: POST {INFERENCE_PATH} answered HTTP {status}: {error_detail(content)}"
+def status_error(status: int, content: bytes, path: str = INFERENCE_PATH) -> LLMError:
+    message = f"{PROVIDER_NAME}: POST {path} answered HTTP {status}: {error_detail(content)}"
     if status in (401, 403):
         # A signing or matrix problem between the services, not a model failure: say where to look.
         message += " (check the service keys and the matrix grant for main-backend on ai-stack)"
@@ -82,6 +84,46 @@ def parse_completion(content: bytes) -> Completion:
         completion_tokens=count("completion_tokens"),
         provider=f"{PROVIDER_NAME} ({upstream})" if isinstance(upstream, str) else PROVIDER_NAME,
     )
+
+
+def stream_line_text(line: str) -> str | None:
+    """The text a line of the streamed answer adds ("" for a blank line or a type unknown here), None for the
+    closing `done` line; an `error` line raises the matching LLMError, a malformed line LLMResponseError."""
+    if not line.strip():
+        return ""
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise LLMResponseError(f"{PROVIDER_NAME}: {STREAM_PATH} sent a malformed line ({exc})") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    if not isinstance(kind, str):
+        raise LLMResponseError(f"{PROVIDER_NAME}: {STREAM_PATH} sent a line without a 'type': {line:.80}")
+    if kind == "chunk":
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise LLMResponseError(f"{PROVIDER_NAME}: {STREAM_PATH} sent a chunk without a string 'text'")
+        return text
+    if kind == "done":
+        return None
+    if kind == "error":
+        message = f"{PROVIDER_NAME}: {STREAM_PATH} failed mid-stream: {error_detail(line.encode())}"
+        # The codes ai-stack's /api/inference answers with 503 and 502.
+        if data.get("error") == "llm_unavailable":
+            raise LLMUnavailableError(message)
+        raise LLMError(message)
+    # A newer ai-stack may add line types (callees deploy before their callers): not an error here.
+    return ""
+
+
+async def reply_chunks(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The chunks of a streamed answer, given its lines; a stream that ends before `done` was cut short."""
+    async for line in lines:
+        text = stream_line_text(line)
+        if text is None:
+            return
+        if text:
+            yield text
+    raise LLMUnavailableError(f"{PROVIDER_NAME}: {STREAM_PATH} ended before its 'done' line (cut short)")
 
 
 class AiStackProvider:
@@ -121,9 +163,17 @@ class AiStackProvider:
     async def stream(
         self, messages: Sequence[Message], *, model: ModelSpec, max_tokens: int
     ) -> AsyncIterator[str]:
-        completion = await self.complete(messages, model=model, max_tokens=max_tokens)
-        if completion.text:
-            yield completion.text
+        body = inference_body(messages, model, max_tokens)
+        try:
+            async with self._client.stream(TARGET, "POST", STREAM_PATH, json=body) as response:
+                if response.status_code >= 400:
+                    raise status_error(response.status_code, await response.aread(), STREAM_PATH)
+                async for chunk in reply_chunks(response.aiter_lines()):
+                    yield chunk
+        except (ServiceTimeoutError, ServiceUnavailableError) as exc:
+            raise LLMUnavailableError(f"{PROVIDER_NAME}: {exc}") from exc
+        except ServiceCallError as exc:
+            raise LLMError(f"{PROVIDER_NAME}: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -1,18 +1,26 @@
-"""ai-stack: inference in front of the LLM runtime (POST /api/inference, GET /api/models, GET /api/health).
+"""ai-stack: inference in front of the LLM runtime (POST /api/inference, POST /api/inference/stream,
+GET /api/models, GET /api/health).
 
 Every prompt is fitted to the model's limits from the model registry here too, with the same window builder
 main-backend uses, so a caller that sends too much gets the same trimming (or the same clear error) as a user
 of main-backend, and the runtime never silently cuts a prompt. The reply length is capped at the model's
 max_output_tokens.
+
+The streamed route takes the same body and applies the same limits; it answers NDJSON, one object a line:
+`{"type": "chunk", "text": ...}` as the runtime generates, then `{"type": "done", ...}`, or `{"type": "error",
+"error": <code>, "detail": ...}` when the runtime fails once the stream has begun. A failure before the first
+chunk is an ordinary HTTP error, as on /api/inference.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from autobot.config import ServiceConfig
@@ -32,6 +40,7 @@ SERVICE_ID = "ai-stack"
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_MESSAGES = 1024
 MAX_MODEL_NAME = 200
+NDJSON = "application/x-ndjson"
 
 
 class InferenceRequest(BaseModel):
@@ -104,17 +113,20 @@ def build_window(manager: ContextWindowManager, request: InferenceRequest) -> Wi
         raise ApiError(422, "invalid_request", str(exc)) from None
 
 
-def inference_response(window: Window, max_tokens: int, completion: Completion) -> dict[str, Any]:
+def llm_api_error(exc: LLMError) -> ApiError:
+    """The runtime's failure as our caller sees it: unreachable or overloaded is 503, anything else 502."""
+    if isinstance(exc, LLMUnavailableError):
+        return ApiError(503, "llm_unavailable", str(exc))
+    return ApiError(502, "llm_error", str(exc))
+
+
+def window_fields(window: Window, max_tokens: int) -> dict[str, Any]:
+    """What ai-stack decided about a request, in every answer: the registry model, the window, the cap."""
     spec = window.model
     return {
-        "text": completion.text,
-        "model": completion.model,
         "registry_model": spec.name,
         "requested_model": spec.requested_name,
         "fell_back": spec.fell_back,
-        "provider": completion.provider,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
         "max_tokens": max_tokens,
         "window": {
             "messages": len(window.messages),
@@ -122,6 +134,57 @@ def inference_response(window: Window, max_tokens: int, completion: Completion) 
             "estimated_prompt_tokens": window.prompt_tokens,
         },
     }
+
+
+def inference_response(window: Window, max_tokens: int, completion: Completion) -> dict[str, Any]:
+    return {
+        "text": completion.text,
+        "model": completion.model,
+        "provider": completion.provider,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        **window_fields(window, max_tokens),
+    }
+
+
+def stream_done(window: Window, max_tokens: int, provider: str) -> dict[str, Any]:
+    """The closing line of a streamed reply. The provider interface streams text only, so the model is the
+    registry's and the token counts are unknown (null), as a Completion allows."""
+    return {
+        "type": "done",
+        "model": window.model.name,
+        "provider": provider,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        **window_fields(window, max_tokens),
+    }
+
+
+def ndjson_line(data: Mapping[str, Any]) -> bytes:
+    """One NDJSON line; json.dumps escapes newlines inside strings, so no text can break the framing."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+async def ndjson_reply(
+    first: str | None, rest: AsyncIterator[str], done: Mapping[str, Any]
+) -> AsyncIterator[bytes]:
+    """The streamed body: `first` (already generated; None for an empty reply), the rest as the runtime
+    generates it, then `done`, or an error line once the runtime fails. The headers are sent by then, so the
+    error can only travel in the body, in the same shape as an HTTP error."""
+    try:
+        if first is not None:
+            yield ndjson_line({"type": "chunk", "text": first})
+            async for chunk in rest:
+                yield ndjson_line({"type": "chunk", "text": chunk})
+    except LLMError as exc:
+        yield ndjson_line({"type": "error", **llm_api_error(exc).body()})
+        return
+    finally:
+        # Release the runtime's connection now, not when the generator is collected (client gone, error).
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield ndjson_line(done)
 
 
 # --- app ------------------------------------------------------------------------------------------------
@@ -162,10 +225,25 @@ def create_app(
         llm: LLMProvider = request.app.state.llm
         try:
             completion = await llm.complete(window.messages, model=window.model, max_tokens=max_tokens)
-        except LLMUnavailableError as exc:
-            raise ApiError(503, "llm_unavailable", str(exc)) from None
         except LLMError as exc:
-            raise ApiError(502, "llm_error", str(exc)) from None
+            raise llm_api_error(exc) from None
         return inference_response(window, max_tokens, completion)
+
+    @app.post("/api/inference/stream")
+    async def inference_stream(body: InferenceRequest, request: Request) -> StreamingResponse:
+        window = build_window(manager, body)
+        max_tokens = reply_budget(window.model, body.max_tokens)
+        llm: LLMProvider = request.app.state.llm
+        chunks = aiter(llm.stream(window.messages, model=window.model, max_tokens=max_tokens))
+        # The first chunk before the headers: a runtime that cannot start answering gets the HTTP status
+        # /api/inference would give, not a 200 with an error inside.
+        try:
+            first = await anext(chunks, None)
+        except LLMError as exc:
+            raise llm_api_error(exc) from None
+        done = stream_done(window, max_tokens, llm.name)
+        return StreamingResponse(
+            ndjson_reply(first, chunks, done), media_type=NDJSON, headers={"Cache-Control": "no-store"}
+        )
 
     return app
