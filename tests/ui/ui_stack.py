@@ -190,9 +190,11 @@ class Nginx:
         return [json.loads(line) for line in lines if line.strip()]
 
 
+# The release's manifest as roles/release writes it; nginx serves it as /release.json.
 RELEASE = {
-    "release_id": "20250101T000000Z",
-    "commit": "0123456789abcdef0123",
+    "id": "20250101T000000Z-0123456",
+    "commit": "0123456",
+    "name": "frontend",
     "source": "tests/ui local stack",
 }
 
@@ -205,6 +207,7 @@ def site_variables(nginx: Nginx, backend_hosts: list[str], **overrides: Any) -> 
         "frontend_listen_port": nginx.port,
         "frontend_backend_hosts": backend_hosts,
         "frontend_web_root": str(nginx.web_root),
+        "frontend_release_manifest": str(nginx.web_root.parent / "manifest.json"),
         "frontend_access_log": str(nginx.access_log),
         "frontend_error_log": str(nginx.error_log),
         **overrides,
@@ -216,7 +219,7 @@ def prepare_nginx(prefix: Path, backend_hosts: list[str], **overrides: Any) -> N
     for sub in ("logs", "conf.d", "temp"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     shutil.copytree(WEBUI, nginx.web_root)
-    (nginx.web_root / "release.json").write_text(json.dumps(RELEASE), encoding="utf-8")
+    (nginx.web_root.parent / "manifest.json").write_text(json.dumps(RELEASE), encoding="utf-8")
     nginx.site.write_text(render_site(site_variables(nginx, backend_hosts, **overrides)), encoding="utf-8")
     nginx.conf.write_text(main_conf(prefix, nginx.site), encoding="utf-8")
     return nginx

@@ -8,9 +8,9 @@ DOCUMENTATION = r"""
 module: autobot_gate
 short_description: Decide whether the cluster may move from the logging phase to enforcement
 description:
-  - Runs on the controller. Takes every Python service machine's recorded phase and the summary of its audit log
-    since the phase began (C(autobot audit summary)), decides with C(autobot.ops.gate.decide), and writes the
-    report as JSON under I(report_dir). Never changes a machine.
+  - Runs on the controller. Takes every Python service machine's recorded phase and the summary of its audit
+    log since the phase began (C(autobot audit summary)), decides with C(autobot.ops.gate.decide), and writes
+    the report as JSON under I(report_dir). Never changes a machine.
   - Service routes only; public (user) traffic is counted apart. Refuses while a machine is not in the logging
     phase, the phase ran less than I(min_duration_s), or any service-route request would have been refused.
   - I(override) (a reason) lets an operator go on anyway; the reason is recorded in the report.
@@ -84,11 +84,17 @@ def main() -> None:
         supports_check_mode=True,
     )
     if not HAS_AUTOBOT:
-        module.fail_json(msg="the autobot package is not importable on the controller: run from the toolkit's venv")
+        module.fail_json(
+            msg="the autobot package is not importable on the controller: run from the toolkit's venv"
+        )
     p = module.params
     now = datetime.now(UTC)
     report = decide(
-        p["machines"], p["services"], now=now, min_duration_s=p["min_duration_s"], override=p["override"] or None
+        p["machines"],
+        p["services"],
+        now=now,
+        min_duration_s=p["min_duration_s"],
+        override=p["override"] or None,
     )
     directory = Path(p["report_dir"])
     directory.mkdir(parents=True, exist_ok=True)

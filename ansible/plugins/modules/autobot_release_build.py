@@ -125,7 +125,7 @@ def manifest_sha256(entries: Iterable[tuple[str, str]]) -> str:
 
 
 def content_mtime(sha256_hex: str) -> int:
-    """A file's modification time derived from its content. nginx's ETag and Last-Modified are built from mtime
+    """A file's modification time derived from its content. nginx's ETag and Last-Modified come from mtime
     and size, so two releases' files of equal size but different content must not share an mtime (a browser
     would keep the old file); equal content keeps it (nothing to download again)."""
     return int(sha256_hex[:7], 16)

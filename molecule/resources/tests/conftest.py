@@ -98,7 +98,7 @@ def run_playbook(name: str, *args: str, timeout: int = 900) -> subprocess.Comple
 
 @pytest.fixture(scope="session")
 def machine() -> Any:
-    """machine("autobot-npu-worker"): a testinfra host for one machine, reached as Ansible reaches it (sudo)."""
+    """machine("autobot-npu-worker"): a testinfra host for one machine, reached as Ansible does (sudo)."""
     import testinfra
 
     inventory = molecule_inventory()

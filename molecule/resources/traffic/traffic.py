@@ -51,8 +51,14 @@ class Results:
             if not ok:
                 self.failed += 1
             if not ok and len(self.failures) < 200:
-                self.failures.append({"t": round(time.time() - self.started, 3), "route": route,
-                                      "status": status, "detail": detail[:300]})
+                self.failures.append(
+                    {
+                        "t": round(time.time() - self.started, 3),
+                        "route": route,
+                        "status": status,
+                        "detail": detail[:300],
+                    }
+                )
 
     def to_dict(self, mode: str) -> dict[str, Any]:
         with self.lock:
@@ -67,8 +73,14 @@ class Results:
             }
 
 
-def request(target: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-            raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    target: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     url = urllib.parse.urlsplit(target)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     try:
@@ -117,17 +129,34 @@ class User:
             self.session = f"traffic-{os.getpid()}-{self.index}-{secrets.token_hex(4)}"
 
     def loop(self, n: int) -> None:
-        self.call("POST /api/chat", "POST", "/api/chat",
-                  {"session_id": self.session, "message": f"traffic turn {n} from user {self.index}"})
-        self.call("POST /api/tools/process", "POST", "/api/tools/process",
-                  {"task": "embed", "texts": [f"text {n}", "cluster traffic"], "dimensions": 16})
-        created = self.call("POST /api/tools/browser-sessions", "POST", "/api/tools/browser-sessions",
-                            {"url": f"https://example.org/page/{n}"}, ok=(201,))
+        self.call(
+            "POST /api/chat",
+            "POST",
+            "/api/chat",
+            {"session_id": self.session, "message": f"traffic turn {n} from user {self.index}"},
+        )
+        self.call(
+            "POST /api/tools/process",
+            "POST",
+            "/api/tools/process",
+            {"task": "embed", "texts": [f"text {n}", "cluster traffic"], "dimensions": 16},
+        )
+        created = self.call(
+            "POST /api/tools/browser-sessions",
+            "POST",
+            "/api/tools/browser-sessions",
+            {"url": f"https://example.org/page/{n}"},
+            ok=(201,),
+        )
         if isinstance(created, dict) and created.get("id"):
             sid = created["id"]
             self.call("GET /api/tools/browser-sessions/*", "GET", f"/api/tools/browser-sessions/{sid}")
-            self.call("DELETE /api/tools/browser-sessions/*", "DELETE", f"/api/tools/browser-sessions/{sid}",
-                      ok=(204,))
+            self.call(
+                "DELETE /api/tools/browser-sessions/*",
+                "DELETE",
+                f"/api/tools/browser-sessions/{sid}",
+                ok=(204,),
+            )
 
 
 def rogue_headers(body: bytes, path: str, signed: bool) -> dict[str, str]:
@@ -135,14 +164,22 @@ def rogue_headers(body: bytes, path: str, signed: bool) -> dict[str, str]:
         return {}
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     created, nonce = int(time.time()), secrets.token_urlsafe(16)
-    params = (f'("@method" "@path" "@query" "content-digest" "x-service-id");created={created};'
-              f'nonce="{nonce}";keyid="main-backend:v1";alg="hmac-sha256"')
-    base = (f'"@method": POST\n"@path": {path}\n"@query": ?\n"content-digest": sha-256=:{digest}:\n'
-            f'"x-service-id": main-backend\n"@signature-params": {params}')
+    params = (
+        f'("@method" "@path" "@query" "content-digest" "x-service-id");created={created};'
+        f'nonce="{nonce}";keyid="main-backend:v1";alg="hmac-sha256"'
+    )
+    base = (
+        f'"@method": POST\n"@path": {path}\n"@query": ?\n"content-digest": sha-256=:{digest}:\n'
+        f'"x-service-id": main-backend\n"@signature-params": {params}'
+    )
     made_up_key = secrets.token_bytes(32)
     signature = base64.b64encode(hmac.new(made_up_key, base.encode(), hashlib.sha256).digest()).decode()
-    return {"x-service-id": "main-backend", "content-digest": f"sha-256=:{digest}:",
-            "signature-input": f"autobot={params}", "signature": f"autobot=:{signature}:"}
+    return {
+        "x-service-id": "main-backend",
+        "content-digest": f"sha-256=:{digest}:",
+        "signature-input": f"autobot={params}",
+        "signature": f"autobot=:{signature}:",
+    }
 
 
 def run_rogue(target: str, results: Results, deadline: float, count: int, pause: float) -> None:
@@ -154,7 +191,9 @@ def run_rogue(target: str, results: Results, deadline: float, count: int, pause:
         body = json.dumps({"task": "digest", "texts": [f"rogue {n}"]}).encode()
         route = "signed-with-a-made-up-key" if signed else "unsigned"
         try:
-            status, _, data = request(target, "POST", path, headers=rogue_headers(body, path, signed), raw=body)
+            status, _, data = request(
+                target, "POST", path, headers=rogue_headers(body, path, signed), raw=body
+            )
         except OSError as exc:
             results.record(route, type(exc).__name__, True, str(exc))
         else:
@@ -186,7 +225,9 @@ def main() -> None:
     parser.add_argument("mode", choices=["legit", "rogue"])
     parser.add_argument("--target", required=True)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, at most 900")
-    parser.add_argument("--count", type=int, default=2000, help="loops (legit) or requests (rogue), at most 20000")
+    parser.add_argument(
+        "--count", type=int, default=2000, help="loops (legit) or requests (rogue), at most 20000"
+    )
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--pause", type=float, default=0.05)
     parser.add_argument("--out", required=True)

@@ -73,7 +73,8 @@ class GateReport:
         """Plain text for the operator's terminal: one line per caller, callee, route and decision."""
         header = ("caller", "callee", "route", "decision", "count", "reasons")
         lines = [header] + [
-            (r.caller, r.callee, r.route, r.decision, str(r.count), ", ".join(r.reasons) or "-") for r in self.rows
+            (r.caller, r.callee, r.route, r.decision, str(r.count), ", ".join(r.reasons) or "-")
+            for r in self.rows
         ]
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines]
@@ -106,24 +107,31 @@ def decide(
     min_duration_s: int,
     override: str | None = None,
 ) -> GateReport:
-    """`machines`: host -> {"service", "phase", "since", "summary"} (summary as `autobot audit summary` prints)."""
+    """`machines`: host -> {"service", "phase", "since", "summary"} (as `autobot audit summary` prints it)."""
     report = GateReport(
         passed=False,
         checked_at=now.isoformat().replace("+00:00", "Z"),
         min_duration_s=min_duration_s,
         override=override or None,
     )
-    grouped: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(lambda: {"count": 0, "reasons": set()})
+    grouped: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(
+        lambda: {"count": 0, "reasons": set()}
+    )
     public: dict[str, int] = defaultdict(int)
     for host, info in sorted(machines.items()):
         phase, since = info.get("phase"), info.get("since")
         ran_s = int((now - parse_time(since)).total_seconds()) if isinstance(since, str) else 0
-        report.machines[host] = {"service": info.get("service"), "phase": phase, "since": since, "ran_s": ran_s}
+        report.machines[host] = {
+            "service": info.get("service"),
+            "phase": phase,
+            "since": since,
+            "ran_s": ran_s,
+        }
         if phase == "none" or phase is None:
             report.refusals.append(f"{host}: not in the logging phase (phase {phase}): nothing was observed")
         elif phase == "logging" and ran_s < min_duration_s:
             report.refusals.append(
-                f"{host}: the logging phase has run {ran_s} s of the {min_duration_s} s required (since {since})"
+                f"{host}: the logging phase ran {ran_s} s of the {min_duration_s} s required (since {since})"
             )
         for row in (info.get("summary") or {}).get("rows", []):
             if row["route_kind"] == "public":
@@ -140,7 +148,8 @@ def decide(
     report.would_deny = [r for r in report.rows if r.decision != "allow"]
     for r in report.would_deny:
         report.refusals.append(
-            f"{r.caller} -> {r.callee} {r.route}: {r.count} request(s) would be refused ({', '.join(r.reasons)})"
+            f"{r.caller} -> {r.callee} {r.route}: {r.count} request(s) would be refused "
+            f"({', '.join(r.reasons)})"
         )
     report.public_requests = dict(public)
     seen = {(r.caller, r.callee) for r in report.rows if r.decision == "allow"}

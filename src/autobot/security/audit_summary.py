@@ -99,8 +99,8 @@ def summarise(lines: Iterable[str], since: datetime) -> Summary:
 
 
 def log_lines(path: Path) -> Iterator[str]:
-    """The rotated file first (logrotate's `.1`), then the live one: together, the lines since the last rotation
-    but one, in order."""
+    """The rotated file first (logrotate's `.1`), then the live one: together, the lines since the rotation
+    before the last one, in order."""
     for candidate in (path.with_name(path.name + ".1"), path):
         if candidate.is_file():
             with candidate.open(encoding="utf-8", errors="replace") as handle:

@@ -102,13 +102,11 @@ class App {
   }
 
   async showRelease() {
-    // Written next to index.html by the deployment; absent in development.
+    // The serving release's manifest (nginx serves it as /release.json); absent in development.
     try {
       const response = await fetch("release.json", { cache: "no-store" });
       if (!response.ok) return;
-      const release = await response.json();
-      const id = release.release_id ?? release.release ?? release.id;
-      const commit = release.commit ?? release.git_commit ?? release.revision;
+      const { id, commit } = await response.json();
       const parts = [];
       if (id) parts.push(`Release ${id}`);
       if (commit) parts.push(`commit ${String(commit).slice(0, 12)}`);

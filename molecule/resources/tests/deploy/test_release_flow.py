@@ -65,7 +65,9 @@ def test_a_second_release_then_rollbacks_by_the_current_link(npu: Any) -> None:
     assert forward.returncode == 0, output(forward)[-3000:]
     assert serving(npu) == second
 
-    unknown = run_playbook("rollback-services.yml", "-e", "service=npu-worker", "-e", "release=20200101T000000Z-nope")
+    unknown = run_playbook(
+        "rollback-services.yml", "-e", "service=npu-worker", "-e", "release=20200101T000000Z-nope"
+    )
     assert unknown.returncode != 0
     assert "no such release here" in output(unknown)
     assert serving(npu) == second
@@ -127,7 +129,9 @@ def test_a_config_the_service_refuses_changes_nothing(npu: Any) -> None:
 
 
 def test_a_missing_wheel_fails_before_the_flip(npu: Any, tmp_path: Path) -> None:
-    build = sorted((REPO / ".cache" / "releases").glob("wheelhouse-*.tar"), key=lambda p: p.stat().st_mtime)[-1]
+    build = sorted((REPO / ".cache" / "releases").glob("wheelhouse-*.tar"), key=lambda p: p.stat().st_mtime)[
+        -1
+    ]
     broken_tar = tmp_path / "wheelhouse-broken.tar"
     with tarfile.open(build) as source, tarfile.open(broken_tar, "w") as target:
         for member in source.getmembers():

@@ -15,8 +15,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from autobot.chat.transcripts import TranscriptStore
-from autobot.client.service_client import ServiceClient
 from autobot.chat.workflow import ChatWorkflowManager
+from autobot.client.service_client import ServiceClient
 from autobot.config import BackendConfig, ConfigError, ServiceConfig
 from autobot.context import ContextWindowManager, ModelRegistry
 from autobot.llm import ProviderBuilder, make_provider

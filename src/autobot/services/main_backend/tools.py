@@ -1,10 +1,10 @@
-"""User routes that reach the other services: text processing on npu-worker, browser sessions on browser-service.
+"""User routes reaching the other services: text processing (npu-worker), browser sessions (browser-service).
 
-Every call leaves main-backend through ServiceClient, signed with main-backend's pair key for the callee, and the
-callee's middleware verifies it and checks the matrix like any other service call. main-backend adds no
+Every call leaves main-backend through ServiceClient, signed with main-backend's pair key for the callee, and
+the callee's middleware verifies it and checks the matrix like any other service call. main-backend adds no
 semantics of its own: the callee validates the request and its answer (status and JSON) is passed back, except
-that a refusal between the services (401/403: keys or matrix) is main-backend's fault, never the user's (502), and
-an unreachable callee is 503.
+that a refusal between the services (401/403: keys or matrix) is main-backend's fault, never the user's (502),
+and an unreachable callee is 503.
 
   POST   /api/tools/process                     -> npu-worker  POST   /api/process
   POST   /api/tools/browser-sessions            -> browser-service POST   /api/sessions
