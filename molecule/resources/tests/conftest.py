@@ -110,3 +110,61 @@ def machine() -> Any:
         return cache[name]
 
     return get
+
+
+TRAFFIC_SCRIPT = REPO / "molecule" / "resources" / "traffic" / "traffic.py"
+RESULTS_DIR = REPO / ".autobot" / "test-results"
+
+
+class Traffic:
+    """molecule/resources/traffic/traffic.py running ON a cluster machine (a transient systemd unit), bounded in
+    time and count; `wait` returns its JSON results."""
+
+    def __init__(self, host: Any, name: str, mode: str, target: str, *, duration: float, count: int = 20000,
+                 users: int = 4, pause: float = 0.05) -> None:  # fmt: skip
+        self.host, self.name = host, name
+        self.unit = f"autobot-traffic-{name}"
+        self.out = f"/var/tmp/autobot-traffic-{name}.json"
+        self.args = [mode, "--target", target, "--duration", str(duration), "--count", str(count),
+                     "--users", str(users), "--pause", str(pause), "--out", self.out]  # fmt: skip
+        self.limit = int(duration) + 60
+
+    def start(self) -> Traffic:
+        import base64
+        import shlex
+
+        encoded = base64.b64encode(TRAFFIC_SCRIPT.read_bytes()).decode()
+        self.host.check_output(f"echo {encoded} | base64 -d > /var/tmp/autobot-traffic.py && rm -f {self.out}")
+        self.host.check_output(
+            f"systemd-run --unit={self.unit} --collect --property=RuntimeMaxSec={self.limit} "
+            f"/usr/bin/python3 /var/tmp/autobot-traffic.py {shlex.join(self.args)}"
+        )
+        return self
+
+    def stop(self) -> None:
+        self.host.run(f"systemctl stop {self.unit}")
+
+    def wait(self) -> dict[str, Any]:
+        import json
+        import time
+
+        deadline = time.monotonic() + self.limit + 30
+        while self.host.run(f"systemctl is-active --quiet {self.unit}").rc == 0:
+            assert time.monotonic() < deadline, f"{self.unit} still runs"
+            time.sleep(1)
+        result: dict[str, Any] = json.loads(self.host.check_output(f"cat {self.out}"))
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"traffic-{self.name}.json").write_text(json.dumps(result, indent=2))
+        return result
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """host -> {ok, changed, unreachable, failed, ...} from an ansible-playbook run's PLAY RECAP."""
+    import re
+
+    found: dict[str, dict[str, int]] = {}
+    for line in output.splitlines():
+        match = re.match(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", line.strip())
+        if match:
+            found[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return found
