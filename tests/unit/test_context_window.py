@@ -18,6 +18,7 @@ from autobot.context import (
     ModelSpec,
     TokenCounter,
     TokenizerFile,
+    UnknownModelError,
     Window,
 )
 from autobot.context.tokens import MESSAGE_OVERHEAD_TOKENS, REPLY_PRIMING_TOKENS, TokenizerSpec, make_counter
@@ -149,6 +150,26 @@ def test_window_invariants_hold_for_any_conversation(
         return
     window = manager.build(spec.name, system_prompt, history, new_message)
     assert_invariants(manager, spec, system_prompt, history, new_message, window)
+
+
+@PROPERTY_SETTINGS
+@given(spec=model_specs(), system_prompt=system_prompts, history=histories, new_text=contents)
+def test_admit_decides_before_the_history_is_read(
+    spec: ModelSpec, system_prompt: str | None, history: list[Message], new_text: str
+) -> None:
+    # What the chat path relies on to refuse a message before storing it: a user message that `admit`
+    # accepts is never refused by `build`, whatever history comes with it.
+    manager = _manager(spec)
+    new_message = user(new_text)
+    try:
+        fixed = manager.admit(spec, system_prompt, new_message)
+    except ContextTooLargeError:
+        with pytest.raises(ContextTooLargeError):
+            manager.build(spec, system_prompt, history, new_message)
+        return
+    window = manager.build(spec, system_prompt, history, new_message)
+    kept = window.messages[1 if system_prompt else 0 : -1]
+    assert window.prompt_tokens == fixed + sum(manager.counter(spec).count_message(m) for m in kept)
 
 
 @PROPERTY_SETTINGS
@@ -333,6 +354,18 @@ def test_unknown_model_uses_the_default() -> None:
     assert window.model.name == "qwen2.5-coder-7b-instruct"
     assert (window.model.requested_name, window.model.fell_back) == ("gpt-17", True)
     assert manager.spec("gpt-17").name == manager.spec(None).name == "qwen2.5-coder-7b-instruct"
+
+
+def test_a_named_model_must_be_registered() -> None:
+    manager = ContextWindowManager(ModelRegistry.load())
+    assert manager.resolve(None).name == manager.registry.default_name
+    assert manager.resolve("mistral:7b").name == "mistral:7b"
+    with pytest.raises(UnknownModelError) as caught:
+        manager.resolve("gpt-17")
+    assert caught.value.name == "gpt-17"
+    assert caught.value.known == manager.registry.names()
+    assert "gpt-17" in str(caught.value)
+    assert "mistral:7b" in str(caught.value)
 
 
 def test_fetch_limit() -> None:
