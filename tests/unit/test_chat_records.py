@@ -95,7 +95,7 @@ def test_the_previous_format_is_parsed_with_sequence_numbers() -> None:
     ("raw", "why"),
     [
         (b"{", "not valid JSON"),
-        (b"[1]", "not an object"),
+        (b"[1]", "not a JSON object"),
         (_legacy(session_id="other"), "session_id"),
         (_legacy(messages="x"), "messages must be a list"),
         (_legacy(message_count=2), "message_count"),

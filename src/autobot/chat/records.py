@@ -21,6 +21,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from autobot.chat.entries import ChatEntry, CorruptEntryError, StoredEntry
 
@@ -34,6 +35,17 @@ class CorruptRecordError(ValueError):
 
 class CorruptTranscriptError(ValueError):
     """A transcript in the previous (one JSON document) format is not one this package wrote."""
+
+
+def _json_object(raw: bytes, error: type[ValueError]) -> dict[str, Any]:
+    """`raw` parsed as a JSON object, else `error` saying why."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error("not a JSON object")
+    return data
 
 
 def encode_record(seq: int, entry: ChatEntry) -> bytes:
@@ -55,12 +67,7 @@ def decode_record(line: bytes) -> StoredEntry:
     head = line[:-_SUFFIX_LENGTH]
     if zlib.crc32(head) != int(match.group(1), 16):
         raise CorruptRecordError("checksum mismatch")
-    try:
-        data = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRecordError(f"not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CorruptRecordError("a record must be a JSON object")
+    data = _json_object(line, CorruptRecordError)
     seq = data.get("seq")
     if type(seq) is not int or seq < 1:
         raise CorruptRecordError(f"seq must be a positive integer, not {seq!r}")
@@ -92,12 +99,7 @@ class LegacyTranscript:
 def parse_legacy(raw: bytes, session_id: str) -> LegacyTranscript:
     """Parse and check a transcript in the previous format, {session_id, created_at, updated_at,
     message_count, messages: [...]}; raise CorruptTranscriptError with the reason."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptTranscriptError(f"not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise CorruptTranscriptError("top level is not an object")
+    doc = _json_object(raw, CorruptTranscriptError)
     if doc.get("session_id") != session_id:
         raise CorruptTranscriptError(f"session_id is {doc.get('session_id')!r}, expected {session_id!r}")
     created_at, updated_at, messages = doc.get("created_at"), doc.get("updated_at"), doc.get("messages")

@@ -245,7 +245,7 @@ class ChatWorkflowManager:
         `next_before` leads back to the first message. A list behind its transcript is rebuilt first."""
         validate_session_id(session_id)
         named = self.windows.resolve(model) if model is not None else None  # unknown: refused before I/O
-        async with self._slot(session_id, saved=()):
+        async with self._slot(session_id):
             spec = named
             if spec is None:
                 stored = await self._history_call(session_id, self.history.session_model(session_id))
@@ -275,7 +275,7 @@ class ChatWorkflowManager:
         self.windows.admit(spec, self.system_prompt, user.to_message())
         # Decided: the message is accepted. What follows stores it, or fails without storing it.
         window_size = self.windows.fetch_limit(spec) + 1  # one more than the model can use: the new message
-        async with self._slot(session_id, saved=()), self.transcripts.locked(session_id) as transcript:
+        async with self._slot(session_id), self.transcripts.locked(session_id) as transcript:
             receipt = await transcript.append([user])
             try:
                 fetched = await self._to_redis(transcript, [user], receipt, model=None, window=window_size)
@@ -371,12 +371,13 @@ class ChatWorkflowManager:
     # -- helpers ----------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _slot(self, session_id: str, *, saved: Sequence[str]) -> AsyncIterator[None]:
+    async def _slot(self, session_id: str) -> AsyncIterator[None]:
+        """Hold a Redis slot; none free in time is ChatBusyError (before anything was stored)."""
         async with self._slots.hold(self._busy_wait_s) as slot:
             if not slot:
                 raise self._busy(
                     session_id,
-                    saved,
+                    (),
                     f"{self._slots.capacity} requests are already using the chat history "
                     f"store and none finished within {self._busy_wait_s:g} s",
                 )
