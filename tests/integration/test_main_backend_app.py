@@ -13,7 +13,14 @@ import httpx
 import pytest
 import yaml
 from fastapi.routing import APIRoute
-from test_chat_support import app_client, backend_client, backend_config, dedicated_redis, parse_sse
+from test_chat_support import (
+    app_client,
+    backend_client,
+    backend_config,
+    dedicated_redis,
+    parse_sse,
+    transcript_messages,
+)
 from tests.support.redis_server import RedisServer
 from tests.unit.llm_runtime_fakes import Script, running_fake_llm_runtime
 
@@ -355,8 +362,7 @@ async def test_50_concurrent_chat_requests(client: httpx.AsyncClient, tmp_path: 
     )
     assert [r.status_code for r in responses] == [200] * 50
     for i in range(10):
-        doc = json.loads((tmp_path / "data" / "transcripts" / f"c{i}.json").read_bytes())
-        assert doc["message_count"] == 10
+        assert len(transcript_messages(tmp_path / "data" / "transcripts", f"c{i}")) == 10
 
 
 async def test_redis_down_is_503_while_health_stays_up_and_the_message_is_kept(tmp_path: Path) -> None:
@@ -383,10 +389,9 @@ async def test_redis_down_is_503_while_health_stays_up_and_the_message_is_kept(t
             assert ready.json()["checks"]["redis"].startswith("failed")
             assert ready.json()["checks"]["database"] == "ok"
             assert "redis" in ready.json()["detail"]
-    doc = json.loads((tmp_path / "data" / "transcripts" / "o.json").read_bytes())
-    contents = [m["content"] for m in doc["messages"]]
-    assert contents[-2:] == ["during", "streamed"]
-    assert body["saved_message_ids"] == [doc["messages"][-2]["id"]]
+    messages = transcript_messages(tmp_path / "data" / "transcripts", "o")
+    assert [m["content"] for m in messages][-2:] == ["during", "streamed"]
+    assert body["saved_message_ids"] == [messages[-2]["id"]]
 
 
 async def test_the_ai_stack_provider_is_wired_from_the_service_config(

@@ -7,28 +7,22 @@ and is shut down with SIGTERM, which must run the lifespan shutdown and exit cle
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from test_chat_support import backend_config, parse_sse, write_config
-from tests.support.redis_server import RedisServer, free_port, start_redis
-
-_LAUNCH = """
-import sys
-import uvicorn
-from autobot.config import load_config
-from autobot.services.main_backend import create_app
-app = create_app(load_config(sys.argv[1]))
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", access_log=False)
-"""
+from test_chat_support import (
+    backend_config,
+    kill_backend,
+    parse_sse,
+    start_backend,
+    transcript_messages,
+    write_config,
+)
+from tests.support.redis_server import RedisServer, start_redis
 
 
 @dataclass
@@ -39,44 +33,22 @@ class Served:
     redis_dir: Path
 
 
-def _wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"main-backend exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/api/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"main-backend did not answer on {url} within {timeout_s}s")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("main-backend")
     redis = start_redis(root / "redis")
     config = write_config(root / "config.yml", backend_config(root, redis.url))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCH, str(config), str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    state = Served(f"http://127.0.0.1:{port}", root / "data", redis, root / "redis")
+    backend = start_backend(config)
+    state = Served(backend.url, root / "data", redis, root / "redis")
     try:
-        _wait_for_health(state.base_url, proc)
         yield state
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        backend.process.send_signal(signal.SIGTERM)
+        _, err = backend.process.communicate(timeout=30)
         # Graceful: the lifespan shutdown ran (uvicorn re-raises SIGTERM after it, hence -15 on new versions).
-        assert proc.returncode in (0, -signal.SIGTERM), err.decode()
+        assert backend.process.returncode in (0, -signal.SIGTERM), err.decode()
         assert "Application shutdown complete" in err.decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_backend(backend)
         state.redis.stop()
 
 
@@ -137,8 +109,7 @@ async def test_redis_outage_503_keeps_the_message_and_recovers_from_the_transcri
         assert down.status_code == 503
         assert down.json()["error"] == "history_unavailable"
         assert (await client.get("/api/ready")).status_code == 503
-        transcript = json.loads((served.data_dir / "transcripts" / "out.json").read_bytes())
-        assert transcript["messages"][-1]["content"] == "lost?"
+        assert transcript_messages(served.data_dir / "transcripts", "out")[-1]["content"] == "lost?"
 
         # Redis comes back empty (no persistence): the next turn refills the history from the transcript.
         served.redis = start_redis(served.redis_dir, port=served.redis.port)

@@ -84,16 +84,24 @@ class SyncRedisHistory:
         self.ttl_s = ttl_s
 
     async def append(
-        self, session_id: str, entries: Sequence[Any], *, model: str | None = None, window: int = 0
+        self,
+        session_id: str,
+        entries: Sequence[Any],
+        *,
+        last_seq: int,
+        model: str | None = None,
+        window: int = 0,
     ) -> Any:
         from autobot.chat.entries import ChatEntry
         from autobot.chat.history import AppendResult
 
         key, meta = self._key(session_id), self._meta(session_id)
         pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(meta, "seq")
+        pipe.llen(key)
         pipe.rpush(key, *(e.to_json() for e in entries))
         pipe.ltrim(key, -self.max_messages, -1)
-        pipe.hincrby(meta, "seq", len(entries))
+        pipe.hset(meta, "seq", last_seq)
         if model is not None:
             pipe.hset(meta, "model", model)
         pipe.expire(key, self.ttl_s)
@@ -101,16 +109,19 @@ class SyncRedisHistory:
         if window > 0:
             pipe.lrange(key, -window, -1)
         results = pipe.execute()  # blocks the event loop for the whole round trip
+        previous = last_seq - len(entries)
+        held_seq, held_length = int(results[0] or 0), int(results[1])
+        diverged = held_seq != previous or held_length != min(previous, self.max_messages)
         read = [ChatEntry.from_json(item) for item in results[-1]] if window > 0 else []
-        return AppendResult(missed=int(results[0]) == len(entries), window=read)
+        return AppendResult(diverged=diverged, window=read)
 
-    async def prepend(self, session_id: str, older: Sequence[Any], *, total: int) -> None:
+    async def replace(self, session_id: str, newest: Sequence[Any], *, total: int) -> None:
         key, meta = self._key(session_id), self._meta(session_id)
-        batch = list(older)[-self.max_messages :]
+        batch = list(newest)[-self.max_messages :]
         pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
         if batch:
-            pipe.lpush(key, *(e.to_json() for e in reversed(batch)))
-            pipe.ltrim(key, -self.max_messages, -1)
+            pipe.rpush(key, *(e.to_json() for e in batch))
         pipe.hset(meta, "seq", total)
         pipe.expire(key, self.ttl_s)
         pipe.expire(meta, self.ttl_s)
@@ -365,7 +376,11 @@ async def run_all(
                 port = free_port()
                 cmd = [sys.executable, __file__, "serve", "--variant", variant, "--config", str(config)]
                 procs.append(
-                    subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+                    # This tree's own src first, so the benchmark measures the code it sits next to.
+                    subprocess.Popen(
+                        [*cmd, "--port", str(port)],
+                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
+                    )
                 )
                 await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}", procs[-1])
                 targets.append(Target(variant, f"http://127.0.0.1:{port}", args.clients, stack))

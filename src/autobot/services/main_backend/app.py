@@ -87,6 +87,11 @@ def create_app(
             ),
             transcripts=TranscriptStore(backend.transcripts_dir),
             history_ttl_s=backend.history_ttl_s,
+            # Chat never drains the pool: one connection stays free for the readiness check, so a busy
+            # backend is answered "busy" and still reports ready. Waiting longer than the pool would is
+            # pointless.
+            redis_slots=max(1, config.redis.max_connections - 1),
+            busy_wait_s=config.redis.pool_timeout_s,
         )
         stack.push_async_callback(workflow.aclose)
         await workflow.initialize()
