@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from autobot.atomic_file import write_atomic
+from autobot.atomic_file import fsync_dir, write_atomic
 from autobot.chat.entries import ChatEntry, CorruptEntryError, utc_now_iso, validate_session_id
 from autobot.chat.locks import KeyedLocks
 
@@ -189,6 +189,20 @@ class TranscriptStore:
             )
             self._remember(session_id, snapshot)
             return snapshot.transcript
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove the session's transcript (a deleted session, issue 15); False if it had none."""
+        path = self.path_for(session_id)
+        async with self._locks.hold(session_id):
+            self._snapshots.pop(session_id, None)
+            try:
+                await self._run(path.unlink)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise TranscriptStorageError(f"cannot delete transcript {path}: {exc}") from exc
+            await self._run(functools.partial(fsync_dir, path.parent))
+            return True
 
     def _remember(self, session_id: str, snapshot: _Snapshot | None) -> None:
         if snapshot is None or self._cached_sessions < 1:

@@ -220,6 +220,14 @@ class ChatWorkflowManager:
             page = await self._refill_from_transcript(session_id, size)
         return MessagesView(session_id=session_id, model=spec.name, limit=size, page=page)
 
+    async def delete_session(self, session_id: str) -> None:
+        """Remove the session's transcript and Redis history (issue 15). Serialised with the persistence of
+        its turns on this process, so none of them writes half into a deleted session."""
+        validate_session_id(session_id)
+        async with self._persist_locks.hold(session_id):
+            await self.transcripts.delete(session_id)
+            await self._history_call(session_id, self.history.delete(session_id))
+
     # -- the turn ---------------------------------------------------------------------------------------
 
     async def _begin(self, session_id: str, message: str, model: str | None) -> _Turn:

@@ -18,6 +18,8 @@ from autobot.chat.workflow import ChatUnavailableError, EmptyMessageError
 from autobot.context import ContextTooLargeError
 from autobot.llm import LLMError, LLMUnavailableError
 from autobot.services.http.errors import ApiError
+from autobot.services.main_backend.identity import InvalidIdentityError
+from autobot.sessions import SessionNotFoundError, SessionStoreUnavailableError
 from autobot.storage import (
     FileDeletedError,
     FileIntegrityError,
@@ -66,6 +68,12 @@ def _file_store_unavailable(exc: Exception) -> str:
 _FILE_STORE_UNAVAILABLE = ErrorRow(503, "file_storage_unavailable", _file_store_unavailable)
 
 DOMAIN_ERRORS: Mapping[type[Exception], ErrorRow] = {
+    # One answer for "never issued" and "issued to someone else": a 403 would confirm the id exists.
+    SessionNotFoundError: ErrorRow(404, "session_not_found", lambda _: "no such session"),
+    SessionStoreUnavailableError: ErrorRow(
+        503, "sessions_unavailable", lambda e: f"the session registry is unavailable; try again shortly ({e})"
+    ),
+    InvalidIdentityError: ErrorRow(400, "invalid_identity"),
     ChatUnavailableError: ErrorRow(
         503, "history_unavailable", _history_unavailable, lambda e: {"saved_message_ids": list(e.saved_ids)}
     ),
