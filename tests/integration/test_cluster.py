@@ -43,10 +43,13 @@ async def as_main_backend(cluster: Cluster) -> AsyncIterator[ServiceClient]:
 async def test_chat_goes_through_ai_stack_signed(cluster: Cluster) -> None:
     backend = cluster["main-backend"]
     async with httpx.AsyncClient(base_url=backend.url, timeout=20, trust_env=False) as user:
-        first = await user.post("/api/chat", json={"session_id": "itest-chat", "message": "Hello cluster"})
+        created = await user.post("/api/chat/sessions", json={})
+        assert created.status_code == 201, created.text
+        session = created.json()["session_id"]
+        first = await user.post("/api/chat", json={"session_id": session, "message": "Hello cluster"})
         assert first.status_code == 200, first.text
-        second = await user.post("/api/chat", json={"session_id": "itest-chat", "message": "And again"})
-        history = await user.get("/api/chat/sessions/itest-chat/messages")
+        second = await user.post("/api/chat", json={"session_id": session, "message": "And again"})
+        history = await user.get(f"/api/chat/sessions/{session}/messages")
     reply = first.json()
     # The reply was made by ai-stack's offline stand-in and came back through the ai-stack provider.
     assert reply["reply"].startswith("[offline-echo]")
@@ -162,7 +165,12 @@ async def test_redis_commands_stay_inside_each_acl(
     """Every service runs as its own ACL user with the matrix's rules; Redis logs no denial for any."""
     # Make each service use Redis (its data and its replay store) before looking.
     async with httpx.AsyncClient(base_url=cluster["main-backend"].url, timeout=20, trust_env=False) as user:
-        assert (await user.post("/api/chat", json={"session_id": "acl", "message": "hi"})).status_code == 200
+        session = (await user.post("/api/chat/sessions", json={})).json()["session_id"]
+        assert (
+            await user.post("/api/chat", json={"session_id": session, "message": "hi"})
+        ).status_code == 200
+        assert (await user.get("/api/chat/sessions")).json()["sessions"][0]["message_count"] == 2
+        assert (await user.delete(f"/api/chat/sessions/{session}")).status_code == 200
     assert (
         await as_main_backend.post("npu-worker", "/api/process", json={"texts": ["a"]})
     ).status_code == 200

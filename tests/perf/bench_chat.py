@@ -262,6 +262,7 @@ class Target:
         self.clients = clients
         self.stack = stack
         self.users: list[httpx.AsyncClient] = []
+        self.sessions: list[str] = []
         self.control: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
@@ -272,12 +273,16 @@ class Target:
                 base_url=self.base_url, limits=httpx.Limits(max_connections=1), timeout=30
             )
             self.users.append(await self.stack.enter_async_context(client))
+            # Each user chats in a session main-backend issued to it (its cookie stays in the client).
+            created = await client.post("/api/chat/sessions", json={})
+            created.raise_for_status()
+            self.sessions.append(created.json()["session_id"])
         self.control = await self.stack.enter_async_context(httpx.AsyncClient(base_url=self.base_url))
 
     async def chat(self, index: int, turn: int, sink: dict[str, Any] | None) -> None:
         body = {
             "message": f"client {index} turn {turn}: how is the cluster doing?",
-            "session_id": f"c{index}",
+            "session_id": self.sessions[index],
         }
         start = time.perf_counter()
         try:
