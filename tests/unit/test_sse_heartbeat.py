@@ -58,8 +58,12 @@ async def test_an_error_of_the_source_reaches_the_consumer() -> None:
         raise RuntimeError("model went away")
 
     seen: list[bytes] = []
-    with pytest.raises(RuntimeError, match="model went away"):
+
+    async def consume() -> None:
         async for item in with_heartbeat(failing(), 0.05):
             seen.append(item)
+
+    with pytest.raises(RuntimeError, match="model went away"):
+        await consume()
     assert seen[0] == b"ok"
     assert HEARTBEAT in seen
