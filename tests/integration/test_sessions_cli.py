@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from redis.asyncio import Redis
 from test_chat_support import backend_config, write_config
 from test_sessions_http import FRONTEND, Backend, Client, serve
+from tests.integration.cluster import create_acl_user, load_matrix
 from tests.support.redis_server import RedisServer
 
 from autobot.chat.entries import ChatEntry
@@ -244,3 +245,27 @@ def test_the_command_needs_main_backends_config(tmp_path: Path) -> None:
     result = _cli("list", "--config", str(path))
     assert result.exit_code == 2
     assert "needs main-backend's" in result.stderr
+
+
+async def test_the_command_needs_no_more_redis_rights_than_main_backend_has(
+    legacy: tuple[ServiceConfig, Path, dict[str, Any]], redis_client: Redis, tmp_path: Path
+) -> None:
+    config, _, _ = legacy
+    user, password = await create_acl_user(redis_client, load_matrix(), "main-backend")
+    password_file = tmp_path / "redis.password"
+    password_file.write_text(password)
+    as_service = config.model_copy(
+        update={"redis": config.redis.model_copy(update={"username": user, "password_file": password_file})}
+    )
+    config_path = write_config(tmp_path / "as-service.yml", as_service)
+    await redis_client.execute_command("ACL", "LOG", "RESET")
+    for args in (
+        ["list"],
+        ["export", "legacy-chat"],
+        ["export", "redis-only"],
+        ["adopt", "legacy-chat", "--user", "alice"],
+    ):
+        result = await _run_cli(*args, "--config", str(config_path))
+        assert result.exit_code == 0, (args, result.output)
+    log = await redis_client.execute_command("ACL", "LOG")
+    assert [e for e in log if e.get(b"username") == user.encode()] == []
