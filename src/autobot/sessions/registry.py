@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from autobot.atomic_file import write_atomic
@@ -48,7 +48,6 @@ RECORD_MODE = 0o600  # whose a conversation is: the service user only
 TITLE_MAX_CHARS = 80
 # Creating a session retries on an id collision (with 160 random bits this is defence, not expectation).
 _CREATE_ATTEMPTS = 3
-_TOUCH_ATTEMPTS = 8
 
 
 class SessionStoreUnavailableError(Exception):
@@ -259,28 +258,32 @@ class SessionRegistry:
     async def touch(self, owner: str, session_id: str, *, message: str, added: int) -> None:
         """Count a completed turn: `added` messages, the title from the first one, the activity time.
 
-        Only while the session still exists and is the owner's (WATCH): a turn finishing after its session
-        was deleted must not bring a fragment of it back.
+        One transaction that also reads the owner as it was just before the writes. The route checked the
+        owner when the turn began, and owners never change; but the session may have been deleted while the
+        model answered. Then the writes made a fragment, which is taken back at once (a fragment without an
+        owner is never listed or accepted meanwhile): a late turn brings nothing of a deleted session back.
         """
         key, okey = session_key(session_id), owner_key(owner)
-        async with _unavailable("updating a session"), self._redis.pipeline(transaction=True) as pipe:
-            for _ in range(_TOUCH_ATTEMPTS):
-                try:
-                    await pipe.watch(key)
-                    current = await pipe.hget(key, "owner")
-                    if current is None or _text(current) != owner:
-                        await pipe.reset()  # type: ignore[no-untyped-call]  # untyped in redis-py
-                        return
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hsetnx(key, "title", title_from(message))
-                    pipe.hincrby(key, "message_count", added)
-                    pipe.hset(key, "updated_at", utc_now_iso())
-                    pipe.zadd(okey, {session_id: _score(time.time())})
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue
-        log.warning("session %s: activity not recorded, it kept changing", ids.short_id(session_id))
+        async with _unavailable("updating a session"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(key, "owner")
+                pipe.hsetnx(key, "title", title_from(message))
+                pipe.hincrby(key, "message_count", added)
+                pipe.hset(key, "updated_at", utc_now_iso())
+                pipe.zadd(okey, {session_id: _score(time.time())})
+                current, *_ = await pipe.execute()
+            if current is not None and _text(current) == owner:
+                return
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if current is None:
+                    pipe.delete(key)
+                pipe.zrem(okey, session_id)
+                await pipe.execute()
+        if current is not None:
+            log.error(
+                "session %s: a turn was counted for an identity that does not own it",
+                ids.short_id(session_id),
+            )
 
     async def remove(self, owner: str, session_id: str) -> None:
         """Forget the session: its durable record first, then Redis (a crash in between leaves it listed, and
