@@ -3,7 +3,6 @@ the header (validated with clear errors, rendered from the service matrix)."""
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +12,7 @@ import pytest
 import yaml
 from fastapi import Response
 from pydantic import ValidationError
+from tests.support.ansible_plugins import load_filter_plugin
 
 from autobot.config import BackendConfig, ConfigError, IdentityConfig
 from autobot.services.main_backend.identity import (
@@ -26,7 +26,6 @@ from autobot.services.main_backend.identity import (
 )
 from autobot.sessions import ids
 
-ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = "172.16.168.21"
 POLICY = IdentityPolicy(
     header="x-autobot-user", proxies=TrustedProxies((ipaddress.ip_network(f"{FRONTEND}/32"),))
@@ -145,14 +144,7 @@ def test_backend_config_defaults_and_heartbeat() -> None:
 
 
 def _cluster_filters() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "autobot_cluster", ROOT / "ansible/plugins/filter/autobot_cluster.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_filter_plugin("autobot_cluster.py", "autobot_cluster_filter")
 
 
 def test_the_matrix_says_who_may_set_the_identity_header(services_matrix_file: Path) -> None:
