@@ -26,7 +26,7 @@ from autobot.services.main_backend.identity import (
 )
 from autobot.sessions import ids
 
-FRONTEND = "172.16.168.21"
+FRONTEND = "192.0.2.21"
 POLICY = IdentityPolicy(
     header="x-autobot-user", proxies=TrustedProxies((ipaddress.ip_network(f"{FRONTEND}/32"),))
 )
@@ -49,7 +49,7 @@ def _who(
 def test_the_header_names_the_user_only_from_a_trusted_peer() -> None:
     trusted = _who(FRONTEND, user=[b"alice"])
     assert (trusted.kind, trusted.owner) == ("user", ids.user_owner(b"alice"))
-    for peer in ["172.16.168.22", "127.0.0.1", "::1", None, "testclient"]:
+    for peer in ["192.0.2.22", "127.0.0.1", "::1", None, "testclient"]:
         ignored = _who(peer, user=[b"alice"])
         assert (ignored.kind, ignored.owner) == ("anonymous", None), peer
     mapped = _who(f"::ffff:{FRONTEND}", user=[b"alice"])  # a dual-stack socket reports IPv4 peers so
@@ -151,10 +151,10 @@ def test_the_matrix_says_who_may_set_the_identity_header(services_matrix_file: P
     services = yaml.safe_load(services_matrix_file.read_text(encoding="utf-8"))["autobot_services"]
     filters = _cluster_filters()
     groups = {"frontend": ["web-1", "web-2"], "main_backend": ["api-1"]}
-    hostvars = {"web-1": {"autobot_address": "172.16.168.21"}, "web-2": {}, "api-1": {}}
+    hostvars = {"web-1": {"autobot_address": "192.0.2.21"}, "web-2": {}, "api-1": {}}
     section = filters.autobot_identity(services, "main-backend", groups, hostvars)
     # Every frontend machine, at the address the cluster reaches it by (the host name when none is set).
-    assert section == {"header": "X-Autobot-User", "trusted_proxies": ["172.16.168.21", "web-2"]}
+    assert section == {"header": "X-Autobot-User", "trusted_proxies": ["192.0.2.21", "web-2"]}
     assert IdentityConfig.model_validate(section).header == "X-Autobot-User"
     assert filters.autobot_identity(services, "npu-worker", groups, hostvars) == {}
 

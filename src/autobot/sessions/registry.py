@@ -30,7 +30,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
 
 from autobot.atomic_file import write_atomic
 from autobot.chat.entries import utc_now_iso, validate_session_id
@@ -354,10 +353,10 @@ class SessionRegistry:
     async def _fill(self, record: SessionRecord, *, title: str | None, message_count: int) -> None:
         """Complete a claimed entry (only the fields it lacks: a re-run changes nothing) and list it."""
         key = session_key(record.session_id)
-        fields: dict[FieldT, EncodableT] = {
+        fields = {
             "created_at": record.created_at,
             "updated_at": record.created_at,
-            "message_count": message_count,
+            "message_count": str(message_count),
         }
         if title is not None:
             fields["title"] = title
