@@ -26,6 +26,7 @@ from test_chat_support import (
     BackendProcess,
     backend_config,
     kill_backend,
+    new_session,
     start_backend,
     transcript_messages,
     write_config,
@@ -103,19 +104,20 @@ async def _chat(client: httpx.AsyncClient, session_id: str, message: str, **extr
 async def test_a_refused_message_changes_nothing(
     cluster: Cluster, client: httpx.AsyncClient, redis: Redis
 ) -> None:
+    refused = await new_session(client)
     for turn in range(3):
-        assert (await _chat(client, "refused", f"normal turn {turn}")).status_code == 200
-    before = await _stored(redis, cluster, "refused")
-    too_large = await _chat(client, "refused", "x " * 20000)
+        assert (await _chat(client, refused, f"normal turn {turn}")).status_code == 200
+    before = await _stored(redis, cluster, refused)
+    too_large = await _chat(client, refused, "x " * 20000)
     assert (too_large.status_code, too_large.json()["error"]) == (413, "context_too_large")
-    streamed = await client.post("/api/chat/stream", json={"message": "x " * 20000, "session_id": "refused"})
+    streamed = await client.post("/api/chat/stream", json={"message": "x " * 20000, "session_id": refused})
     assert streamed.status_code == 413
-    unknown = await _chat(client, "refused", "hi", model="gpt-17-ultra")
+    unknown = await _chat(client, refused, "hi", model="gpt-17-ultra")
     assert unknown.status_code == 422
-    blank = await _chat(client, "refused", "   ")
+    blank = await _chat(client, refused, "   ")
     assert blank.status_code == 422
-    assert await _stored(redis, cluster, "refused") == before
-    after = (await _chat(client, "refused", "and now?")).json()
+    assert await _stored(redis, cluster, refused) == before
+    after = (await _chat(client, refused, "and now?")).json()
     assert (after["history_used"], after["history_dropped"]) == (6, 0)  # the conversation is intact
 
 
@@ -123,11 +125,12 @@ async def test_unknown_models_are_refused_on_every_route_with_the_known_models(
     cluster: Cluster, client: httpx.AsyncClient, redis: Redis
 ) -> None:
     known = [m["name"] for m in (await client.get("/api/models")).json()["models"]]
-    body = {"message": "hello", "session_id": "unknown-model", "model": "gpt-17-ultra"}
+    session = await new_session(client)
+    body = {"message": "hello", "session_id": session, "model": "gpt-17-ultra"}
     responses = [
         await client.post("/api/chat", json=body),
         await client.post("/api/chat/stream", json=body),
-        await client.get("/api/chat/sessions/unknown-model/messages", params={"model": "gpt-17-ultra"}),
+        await client.get(f"/api/chat/sessions/{session}/messages", params={"model": "gpt-17-ultra"}),
     ]
     for response in responses:
         assert response.status_code == 422, response.text
@@ -136,20 +139,20 @@ async def test_unknown_models_are_refused_on_every_route_with_the_known_models(
         assert error["error"] == "unknown_model"
         assert sorted(error["known_models"]) == sorted(known)
         assert "gpt-17-ultra" in error["detail"]
-    assert await _stored(redis, cluster, "unknown-model") == ([], {}, [])
+    assert await _stored(redis, cluster, session) == ([], {}, [])
     # The default applies only when no model is named.
     default = (await client.get("/api/models")).json()["default"]
-    assert (await _chat(client, "unknown-model", "hello")).json()["model"] == default
+    assert (await _chat(client, session, "hello")).json()["model"] == default
 
 
 async def test_500_concurrent_requests_on_a_small_pool_are_busy_not_down_and_redis_converges(
     cluster: Cluster, redis: Redis
 ) -> None:
     small = cluster.start_backend("small-pool", max_connections=2, pool_timeout_s=0.05)
-    sessions = [f"burst{i}" for i in range(500)]
     try:
         limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
         async with httpx.AsyncClient(base_url=small.url, timeout=120, limits=limits) as burst:
+            sessions = [await new_session(burst) for _ in range(500)]
             responses = await asyncio.gather(*(_chat(burst, s, f"hello from {s}") for s in sessions))
             outcomes = collections.Counter(
                 (r.status_code, r.json().get("error"), r.headers.get("retry-after")) for r in responses
@@ -173,43 +176,45 @@ async def test_500_concurrent_requests_on_a_small_pool_are_busy_not_down_and_red
 async def test_a_turn_whose_redis_write_failed_is_repaired_on_the_next_turn(
     cluster: Cluster, client: httpx.AsyncClient, redis: Redis
 ) -> None:
-    assert (await _chat(client, "repair", "one")).status_code == 200
+    repair = await new_session(client)
+    assert (await _chat(client, repair, "one")).status_code == 200
     await redis.config_set("min-replicas-to-write", 1)  # Redis refuses every write, reads still work
     try:
-        failed = await _chat(client, "repair", "two")
+        failed = await _chat(client, repair, "two")
     finally:
         await redis.config_set("min-replicas-to-write", 0)
     assert (failed.status_code, failed.json()["error"]) == (503, "history_unavailable")
-    saved = transcript_messages(cluster.transcripts, "repair")
+    saved = transcript_messages(cluster.transcripts, repair)
     assert failed.json()["saved_message_ids"] == [saved[-1]["id"]]  # the message is in the record
-    assert not await _redis_agrees_with_transcript(redis, cluster, "repair")
-    after = (await _chat(client, "repair", "three")).json()
+    assert not await _redis_agrees_with_transcript(redis, cluster, repair)
+    after = (await _chat(client, repair, "three")).json()
     assert after["history_used"] == 3  # one, its reply, two
-    assert await _redis_agrees_with_transcript(redis, cluster, "repair")
+    assert await _redis_agrees_with_transcript(redis, cluster, repair)
 
 
 async def test_two_backends_on_one_data_directory_lose_no_message(cluster: Cluster, redis: Redis) -> None:
     second = cluster.start_backend("second")
     try:
         urls = [cluster.backend.url, second.url]
-        async with httpx.AsyncClient(timeout=120) as c:
+        async with httpx.AsyncClient(timeout=120, base_url=urls[0]) as c:
+            two = await new_session(c)  # both backends share the registry; the cookie goes to both
             responses = await asyncio.gather(
                 *(
-                    c.post(urls[i % 2] + "/api/chat", json={"message": f"two {i}", "session_id": "two"})
+                    c.post(urls[i % 2] + "/api/chat", json={"message": f"two {i}", "session_id": two})
                     for i in range(200)
                 )
             )
     finally:
         kill_backend(second)
     assert [r.status_code for r in responses] == [200] * 200
-    messages = transcript_messages(cluster.transcripts, "two")
+    messages = transcript_messages(cluster.transcripts, two)
     assert sorted(m["content"] for m in messages if m["role"] == "user") == sorted(
         f"two {i}" for i in range(200)
     )
     assert len(messages) == 400
     assert [m["seq"] for m in messages] == list(range(1, 401))
     assert {r.json()["reply_id"] for r in responses} <= {m["id"] for m in messages}
-    assert await _redis_agrees_with_transcript(redis, cluster, "two")
+    assert await _redis_agrees_with_transcript(redis, cluster, two)
 
 
 async def _all_pages(client: httpx.AsyncClient, session_id: str, limit: int) -> list[dict[str, Any]]:
@@ -230,40 +235,42 @@ async def _all_pages(client: httpx.AsyncClient, session_id: str, limit: int) -> 
 async def test_the_messages_route_pages_back_to_the_first_message(
     client: httpx.AsyncClient, redis: Redis
 ) -> None:
+    old_history = await new_session(client)
     for turn in range(150):
-        assert (await _chat(client, "old-history", f"turn {turn}")).status_code == 200
-    newest = (await client.get("/api/chat/sessions/old-history/messages", params={"limit": 50})).json()
+        assert (await _chat(client, old_history, f"turn {turn}")).status_code == 200
+    newest = (await client.get(f"/api/chat/sessions/{old_history}/messages", params={"limit": 50})).json()
     assert (newest["total"], newest["retained"]) == (300, 61)
-    messages = await _all_pages(client, "old-history", 50)
+    messages = await _all_pages(client, old_history, 50)
     assert [m["seq"] for m in messages] == list(range(1, 301))
     assert messages[0]["content"] == "turn 0"
     # Redis emptied (restart without persistence, expiry): the same pages, from the record.
-    await redis.delete("chat:history:old-history", "chat:meta:old-history")
-    assert await _all_pages(client, "old-history", 40) == messages
+    await redis.delete(f"chat:history:{old_history}", f"chat:meta:{old_history}")
+    assert await _all_pages(client, old_history, 40) == messages
 
 
 async def test_a_transcript_in_the_previous_format_is_served_and_migrated_losing_nothing(
     cluster: Cluster, client: httpx.AsyncClient
 ) -> None:
+    legacy = await new_session(client)  # the session is issued; its transcript is still in the old format
     old = [
         {"id": f"old{i:03d}", "role": "user" if i % 2 == 0 else "assistant", "content": f"old {i}", "ts": "t"}
         for i in range(100)
     ]
     document = {
-        "session_id": "legacy",
+        "session_id": legacy,
         "created_at": "2025-01-01T00:00:00.000000Z",
         "updated_at": "2025-01-01T00:00:00.000000Z",
         "message_count": len(old),
         "messages": old,
     }
-    (cluster.transcripts / "legacy.json").write_text(json.dumps(document), encoding="utf-8")
-    served = await _all_pages(client, "legacy", 30)
+    (cluster.transcripts / f"{legacy}.json").write_text(json.dumps(document), encoding="utf-8")
+    served = await _all_pages(client, legacy, 30)
     assert [(m["id"], m["seq"]) for m in served] == [(m["id"], i + 1) for i, m in enumerate(old)]
-    reply = await _chat(client, "legacy", "new turn")
+    reply = await _chat(client, legacy, "new turn")
     assert reply.status_code == 200
     assert reply.json()["history_used"] > 0  # the old conversation is the context of the new turn
-    assert not (cluster.transcripts / "legacy.json").exists()
-    migrated = transcript_messages(cluster.transcripts, "legacy")
+    assert not (cluster.transcripts / f"{legacy}.json").exists()
+    migrated = transcript_messages(cluster.transcripts, legacy)
     assert [m["id"] for m in migrated[:100]] == [m["id"] for m in old]
     assert [m["seq"] for m in migrated] == list(range(1, 103))
-    assert [m["id"] for m in await _all_pages(client, "legacy", 30)] == [m["id"] for m in migrated]
+    assert [m["id"] for m in await _all_pages(client, legacy, 30)] == [m["id"] for m in migrated]

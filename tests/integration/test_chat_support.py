@@ -141,13 +141,24 @@ def dedicated_redis(workdir: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+async def new_session(client: httpx.AsyncClient) -> str:
+    """A session issued to `client` (its cookie jar keeps the identity main-backend gives it)."""
+    response = await client.post("/api/chat/sessions", json={})
+    assert response.status_code == 201, response.text
+    session_id = response.json()["session_id"]
+    assert isinstance(session_id, str)
+    return session_id
+
+
 def parse_sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
-    """(event, data) pairs from a text/event-stream body; fails on a malformed frame."""
+    """(event, data) pairs from a text/event-stream body; fails on a malformed frame. Comment lines (the
+    heartbeat, ": ping") are skipped, as a browser's EventSource skips them."""
     events: list[tuple[str, dict[str, Any]]] = []
     for frame in raw.split("\n\n"):
-        if not frame.strip():
+        lines = [line for line in frame.split("\n") if line and not line.startswith(":")]
+        if not lines:
             continue
-        fields = dict(line.split(": ", 1) for line in frame.split("\n"))
+        fields = dict(line.split(": ", 1) for line in lines)
         events.append((fields["event"], json.loads(fields["data"])))
     return events
 

@@ -206,6 +206,11 @@ class RedisChatHistory:
             raw = await self._redis.lrange(key, -count, -1)
         return _decode_entries(raw, key)
 
+    async def delete(self, session_id: str) -> None:
+        """Remove the session's list and its meta hash (a deleted session, issue 15)."""
+        async with _redis_errors("deleting", session_id):
+            await self._redis.delete(history_key(session_id), meta_key(session_id))
+
     async def session_model(self, session_id: str) -> str | None:
         async with _redis_errors("reading", session_id):
             raw = await self._redis.hget(meta_key(session_id), "model")

@@ -236,6 +236,11 @@ class SessionTranscript:
         """The newest `count` records, oldest first."""
         return await self._run(functools.partial(self._store._tail_sync, self.session_id, count))
 
+    async def delete(self) -> bool:
+        """Remove the transcript (a deleted session); False if there was none. The lock file stays: unlinking
+        it while another process waits on it would let two writers in."""
+        return await self._run(functools.partial(self._store._delete_sync, self.session_id))
+
     async def _run(self, call: Callable[[], T]) -> T:
         return await self._store._run(functools.partial(self._locked_call, call))
 
@@ -390,6 +395,21 @@ class TranscriptStore:
             return None
 
     # A transcript still in the previous format is read whole: it is migrated by its next append.
+
+    def _delete_sync(self, session_id: str) -> bool:
+        """Called with the session's file lock held."""
+        removed = False
+        for path in (self.path_for(session_id), self.legacy_path_for(session_id)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise TranscriptStorageError(f"cannot delete transcript {path}: {exc}") from exc
+            removed = True
+        if removed:
+            fsync_dir(self.directory)
+        return removed
 
     def _load_sync(self, session_id: str) -> list[StoredEntry]:
         legacy = self._read_legacy(session_id)

@@ -255,13 +255,22 @@ class ChatWorkflowManager:
             page = await self._history_call(
                 session_id, self.history.page(session_id, limit=size, before=before)
             )
-            if not _in_step(page, await self.transcripts.newest(session_id), before):
+            newest = await self.transcripts.newest(session_id)
+            if not _in_step(page, newest, before) and not _served_elsewhere(page, newest):
                 page = await self._rebuild_for_read(session_id, size, before)
         wanted = page_bounds(page.total, page.total, size, before)
         if wanted is not None and wanted[0] < page.oldest_retained:
             older = await self.transcripts.page(session_id, *wanted)
             page = HistoryPage(entries=older, total=page.total, retained=page.retained)
         return MessagesView(session_id=session_id, model=spec.name, limit=size, page=page)
+
+    async def delete_session(self, session_id: str) -> None:
+        """Remove the session's transcript and Redis history (issue 15), under the session's transcript lock
+        (this process and every other), so no turn writes half into a deleted session."""
+        validate_session_id(session_id)
+        async with self.transcripts.locked(session_id) as transcript:
+            await transcript.delete()
+            await self._history_call(session_id, self.history.delete(session_id))
 
     # -- the turn ---------------------------------------------------------------------------------------
 
@@ -357,7 +366,9 @@ class ChatWorkflowManager:
                 session_id, self.history.page(session_id, limit=size, before=before)
             )
             newest = await transcript.tail(self.history.max_messages)
-            if _in_step(page, newest[-1] if newest else None, before):
+            if _in_step(page, newest[-1] if newest else None, before) or _served_elsewhere(
+                page, newest[-1] if newest else None
+            ):
                 return page  # a turn brought it in step while this read waited for the lock
             total = newest[-1].seq if newest else 0
             await self._history_call(
@@ -404,6 +415,13 @@ class ChatWorkflowManager:
     def _require_initialized(self) -> None:
         if not self._initialized:
             raise RuntimeError("call 'await ChatWorkflowManager.initialize()' before use")
+
+
+def _served_elsewhere(page: HistoryPage, newest: StoredEntry | None) -> bool:
+    """Redis holds more of the session than this machine's transcript: another main-backend served it (nginx
+    keeps an identity on one machine; a machine added or lost moves some). Its transcript is the record
+    there, so Redis is never cut back to this machine's shorter one."""
+    return page.total > (newest.seq if newest is not None else 0)
 
 
 def _in_step(page: HistoryPage, newest: StoredEntry | None, before: int | None) -> bool:

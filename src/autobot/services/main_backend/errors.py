@@ -18,6 +18,8 @@ from autobot.chat.workflow import ChatBusyError, ChatUnavailableError, EmptyMess
 from autobot.context import ContextTooLargeError, UnknownModelError
 from autobot.llm import LLMError, LLMUnavailableError
 from autobot.services.http.errors import ApiError
+from autobot.services.main_backend.identity import InvalidIdentityError
+from autobot.sessions import SessionNotFoundError, SessionStoreUnavailableError
 from autobot.storage import (
     FileDeletedError,
     FileIntegrityError,
@@ -81,6 +83,12 @@ DOMAIN_ERRORS: Mapping[type[Exception], ErrorRow] = {
         lambda e: {"saved_message_ids": list(e.saved_ids)},
         lambda e: {"Retry-After": str(e.retry_after_s)},
     ),
+    # One answer for "never issued" and "issued to someone else": a 403 would confirm the id exists.
+    SessionNotFoundError: ErrorRow(404, "session_not_found", lambda _: "no such session"),
+    SessionStoreUnavailableError: ErrorRow(
+        503, "sessions_unavailable", lambda e: f"the session registry is unavailable; try again shortly ({e})"
+    ),
+    InvalidIdentityError: ErrorRow(400, "invalid_identity"),
     ChatUnavailableError: ErrorRow(
         503, "history_unavailable", _history_unavailable, lambda e: {"saved_message_ids": list(e.saved_ids)}
     ),
