@@ -6,11 +6,13 @@ refused so a typo in a template fails at start-up instead of silently falling ba
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -63,6 +65,83 @@ class LLMConfig(_Strict):
     offline_chunk_delay_s: float = Field(default=0.02, ge=0, le=1.0)
 
 
+# Headers that already mean something on the way in: an identity header may not reuse one of them.
+_RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "content-digest",
+        "content-length",
+        "content-type",
+        "cookie",
+        "forwarded",
+        "host",
+        "signature",
+        "signature-input",
+        "transfer-encoding",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-service-id",
+    }
+)
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# A host name (RFC 1123 labels), an IP address or a network in CIDR notation.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def proxy_address(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network a trusted-proxy entry names if it is an IP address or a CIDR network; None for a host name
+    (resolved when the service starts). ValueError if it is neither."""
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        if "/" in entry or ":" in entry or _HOST_NAME_RE.fullmatch(entry) is None:
+            raise ValueError(
+                f"trusted proxy {entry!r} is not an IP address, a CIDR network or a host name"
+            ) from None
+        return None
+
+
+class IdentityConfig(_Strict):
+    """Who the caller is (issue 15). By default an anonymous browser, known by main-backend's own cookie.
+
+    `header`: a header that a login in front of nginx (basic auth, auth_request) sets to the user's name,
+    honoured only on requests whose TCP peer is one of `trusted_proxies` (the machines the service matrix lets
+    set it: `identity_header.set_by`). The same peers are trusted for `X-Forwarded-Proto` (TLS at nginx).
+    """
+
+    header: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _HEADER_NAME_RE.fullmatch(value) is None:
+            raise ValueError(f"identity.header {value!r} is not an HTTP header name")
+        if value.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"identity.header {value!r} already has a meaning; choose e.g. X-Autobot-User")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            proxy_address(entry)
+        return value
+
+    @model_validator(mode="after")
+    def _header_needs_proxies(self) -> IdentityConfig:
+        if self.header is not None and not self.trusted_proxies:
+            raise ValueError(
+                "identity.header is set but identity.trusted_proxies is empty: no request could carry it"
+            )
+        return self
+
+
 class BackendConfig(_Strict):
     """Settings only main-backend uses."""
 
@@ -73,6 +152,10 @@ class BackendConfig(_Strict):
     default_model: str | None = None
     history_ttl_s: int = Field(default=86_400, ge=1)
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    # A streamed reply sends a comment line this often while the model is silent, so the proxies in between
+    # (nginx's read timeout is longer than this) never take the quiet for a dead upstream.
+    stream_heartbeat_s: float = Field(default=15.0, gt=0)
+    identity: IdentityConfig = IdentityConfig()
 
 
 class ServiceConfig(_Strict):

@@ -13,6 +13,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from autobot.config import RedisConfig
 
 
+def is_pool_exhausted(exc: BaseException) -> bool:
+    """Whether a Redis error means "every pooled connection stayed busy for the pool's whole wait".
+
+    redis-py raises that as a ConnectionError raised from a TimeoutError, like a refused connection; the
+    cause tells them apart. It means the service is busy, not that Redis is down: callers answer "retry
+    shortly" instead of "unavailable".
+    """
+    return isinstance(exc, RedisConnectionError) and isinstance(exc.__cause__, TimeoutError)
+
+
 def read_secret_file(path: Path) -> str:
     """Read a one-line secret file; the error names the file, never the content."""
     p = Path(path)

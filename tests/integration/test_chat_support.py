@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import httpx
 import yaml
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from tests.support.redis_server import RedisServer, start_redis
+from tests.support.redis_server import RedisServer, free_port, start_redis
 
 from autobot.config import RedisConfig, ServiceConfig
 from autobot.redis_pool import create_redis
@@ -48,6 +51,71 @@ def write_config(path: Path, config: ServiceConfig) -> Path:
     return path
 
 
+def transcript_messages(transcripts_dir: Path, session_id: str) -> list[dict[str, Any]]:
+    """A session's transcript as stored on disk, oldest first: the records of `<id>.jsonl`, or the messages
+    of a transcript still in the previous one-document format `<id>.json` (the HTTP tests of issue 13 were
+    also run against the version before it, to show each defect). Empty when there is none."""
+    legacy = transcripts_dir / f"{session_id}.json"
+    if legacy.exists():
+        messages: list[dict[str, Any]] = json.loads(legacy.read_bytes())["messages"]
+        return messages
+    path = transcripts_dir / f"{session_id}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+_LAUNCH = """
+import sys
+import uvicorn
+from autobot.config import load_config
+from autobot.services.main_backend import create_app
+app = create_app(load_config(sys.argv[1]))
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", access_log=False)
+"""
+
+
+@dataclass
+class BackendProcess:
+    """main-backend served by uvicorn in a process of its own, on a free loopback port."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def start_backend(config_path: Path, timeout_s: float = 30.0) -> BackendProcess:
+    """Start main-backend with a rendered config file and wait until /api/health answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCH, str(config_path), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"main-backend exited with {proc.returncode}: {proc.communicate()[1].decode()}"
+            )
+        try:
+            if httpx.get(url + "/api/health", timeout=1.0).status_code == 200:
+                return BackendProcess(url, proc)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"main-backend did not answer on {url} within {timeout_s}s")
+
+
+def kill_backend(backend: BackendProcess) -> None:
+    """Stop a backend that is still running (cleanup after a failed test)."""
+    if backend.process.poll() is None:
+        backend.process.kill()
+        backend.process.communicate()
+
+
 @contextlib.asynccontextmanager
 async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client bound to the app in-process, with the app's real lifespan around it."""
@@ -73,13 +141,24 @@ def dedicated_redis(workdir: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+async def new_session(client: httpx.AsyncClient) -> str:
+    """A session issued to `client` (its cookie jar keeps the identity main-backend gives it)."""
+    response = await client.post("/api/chat/sessions", json={})
+    assert response.status_code == 201, response.text
+    session_id = response.json()["session_id"]
+    assert isinstance(session_id, str)
+    return session_id
+
+
 def parse_sse(raw: str) -> list[tuple[str, dict[str, Any]]]:
-    """(event, data) pairs from a text/event-stream body; fails on a malformed frame."""
+    """(event, data) pairs from a text/event-stream body; fails on a malformed frame. Comment lines (the
+    heartbeat, ": ping") are skipped, as a browser's EventSource skips them."""
     events: list[tuple[str, dict[str, Any]]] = []
     for frame in raw.split("\n\n"):
-        if not frame.strip():
+        lines = [line for line in frame.split("\n") if line and not line.startswith(":")]
+        if not lines:
             continue
-        fields = dict(line.split(": ", 1) for line in frame.split("\n"))
+        fields = dict(line.split(": ", 1) for line in lines)
         events.append((fields["event"], json.loads(fields["data"])))
     return events
 

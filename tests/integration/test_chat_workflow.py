@@ -20,9 +20,15 @@ from test_chat_support import dedicated_redis, loop_gaps, monitor_commands, pool
 from tests.support.redis_server import RedisServer
 
 from autobot.chat.transcripts import TranscriptStore
-from autobot.chat.workflow import ChatUnavailableError, ChatWorkflowManager, EmptyMessageError, history_cap
+from autobot.chat.workflow import (
+    ChatBusyError,
+    ChatUnavailableError,
+    ChatWorkflowManager,
+    EmptyMessageError,
+    history_cap,
+)
 from autobot.config import RedisConfig
-from autobot.context import ContextTooLargeError, ContextWindowManager, ModelRegistry
+from autobot.context import ContextTooLargeError, ContextWindowManager, ModelRegistry, UnknownModelError
 from autobot.llm.offline import OfflineEchoProvider
 from autobot.redis_pool import create_redis
 
@@ -40,13 +46,16 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
         yield client
 
 
-def _manager(redis: Redis, windows: ContextWindowManager, transcripts_dir: Path) -> ChatWorkflowManager:
+def _manager(
+    redis: Redis, windows: ContextWindowManager, transcripts_dir: Path, **options: Any
+) -> ChatWorkflowManager:
     return ChatWorkflowManager(
         redis=redis,
         windows=windows,
         provider=OfflineEchoProvider(),
         transcripts=TranscriptStore(transcripts_dir),
         history_ttl_s=600,
+        **options,
     )
 
 
@@ -62,9 +71,32 @@ async def manager(
         await chat.aclose()
 
 
-def _transcript(tmp_path: Path, session_id: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((tmp_path / "transcripts" / f"{session_id}.json").read_bytes())
-    return doc
+def _transcript(tmp_path: Path, session_id: str) -> list[dict[str, Any]]:
+    """The session's transcript records, read straight from the file."""
+    path = tmp_path / "transcripts" / f"{session_id}.jsonl"
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def _redis_ids(redis: Redis, session_id: str) -> list[str]:
+    return [json.loads(raw)["id"] for raw in await redis.lrange(f"chat:history:{session_id}", 0, -1)]
+
+
+async def _snapshot(redis: Redis, tmp_path: Path, session_id: str) -> tuple[object, ...]:
+    """Everything stored for a session: the Redis list and hash, and the transcript's bytes."""
+    path = tmp_path / "transcripts" / f"{session_id}.jsonl"
+    return (
+        await redis.lrange(f"chat:history:{session_id}", 0, -1),
+        await redis.hgetall(f"chat:meta:{session_id}"),
+        path.read_bytes() if path.exists() else None,
+    )
+
+
+async def _assert_redis_is_the_transcript_tail(
+    manager: ChatWorkflowManager, redis: Redis, tmp_path: Path, session_id: str
+) -> None:
+    ids = [r["id"] for r in _transcript(tmp_path, session_id)]
+    assert await _redis_ids(redis, session_id) == ids[-manager.history.max_messages :]
+    assert int(await redis.hget(f"chat:meta:{session_id}", "seq") or 0) == len(ids)
 
 
 def _lranges(commands: list[str]) -> list[tuple[int, int]]:
@@ -80,20 +112,23 @@ async def test_chat_works_with_different_models(manager: ChatWorkflowManager, tm
         assert result.max_output_tokens == manager.windows.spec(name).max_output_tokens
         assert result.history_used == 0
     default = manager.windows.registry.default_name
-    assert (await manager.chat("s-unknown", "hi", "no-such-model")).model == default
     assert (await manager.chat("s-none", "hi")).model == default
+    with pytest.raises(UnknownModelError) as unknown:
+        await manager.chat("s-unknown", "hi", "no-such-model")
+    assert unknown.value.known == manager.windows.registry.names()
+    assert not (tmp_path / "transcripts" / "s-unknown.jsonl").exists()
 
 
 async def test_a_turn_is_stored_in_transcript_and_redis(
     manager: ChatWorkflowManager, redis: Redis, tmp_path: Path
 ) -> None:
     result = await manager.chat("s1", "what is 2+2?")
-    doc = _transcript(tmp_path, "s1")
-    assert [(m["role"], m["content"]) for m in doc["messages"]] == [
-        ("user", "what is 2+2?"),
-        ("assistant", result.reply),
+    records = _transcript(tmp_path, "s1")
+    assert [(m["seq"], m["role"], m["content"]) for m in records] == [
+        (1, "user", "what is 2+2?"),
+        (2, "assistant", result.reply),
     ]
-    assert [m["id"] for m in doc["messages"]] == [result.message_id, result.reply_id]
+    assert [m["id"] for m in records] == [result.message_id, result.reply_id]
     stored = await manager.history.window("s1", 10)
     assert [e.id for e in stored] == [result.message_id, result.reply_id]
     assert await manager.history.session_model("s1") == result.model
@@ -130,7 +165,7 @@ async def test_long_conversations_stay_within_budget_and_lose_nothing(
         assert result.history_used <= spec.message_limit
     # The history token budget, not the message count, is what binds with messages this long.
     assert 0 < result.history_used < manager.windows.fetch_limit(SMALL) - 1
-    assert _transcript(tmp_path, "marathon")["message_count"] == 160
+    assert len(_transcript(tmp_path, "marathon")) == 160
     assert await redis.llen("chat:history:marathon") == history_cap(manager.windows)
     page = await manager.history.page("marathon", limit=1)
     assert page.total == 160
@@ -145,7 +180,7 @@ async def test_a_redis_miss_is_refilled_from_the_transcript(
     result = await manager.chat("s", "after the restart")
     assert result.history_used == 10
     stored = await manager.history.window("s", 100)
-    assert [e.id for e in stored] == [m["id"] for m in _transcript(tmp_path, "s")["messages"]]
+    assert [e.id for e in stored] == [m["id"] for m in _transcript(tmp_path, "s")]
     page = await manager.history.page("s", limit=3)
     assert [e.seq for e in page.entries] == [10, 11, 12]
 
@@ -180,7 +215,7 @@ async def test_stream_yields_the_reply_and_persists_it_when_done(
     assert len(chunks) > 3
     assert stream.result is not None
     assert "".join(chunks) == stream.result.reply
-    messages = _transcript(tmp_path, "st")["messages"]
+    messages = _transcript(tmp_path, "st")
     assert [m["content"] for m in messages] == ["stream me", stream.result.reply]
 
 
@@ -192,10 +227,10 @@ async def test_50_concurrent_chats_all_complete_and_are_stored(
         same = await asyncio.gather(*(manager.chat("shared", f"hello {i}") for i in range(50)))
     assert len({r.reply_id for r in results}) == 50
     for i in range(50):
-        assert _transcript(tmp_path, f"c{i}")["message_count"] == 2
+        assert len(_transcript(tmp_path, f"c{i}")) == 2
     shared = _transcript(tmp_path, "shared")
-    assert shared["message_count"] == 100
-    assert {m["id"] for m in shared["messages"]} >= {r.message_id for r in same} | {r.reply_id for r in same}
+    assert [m["seq"] for m in shared] == list(range(1, 101))
+    assert {m["id"] for m in shared} == {r.message_id for r in same} | {r.reply_id for r in same}
     assert len(await manager.history.window("shared", 1000)) == min(100, manager.history.max_messages)
     # Only a gross stall is caught here (a noisy 2-core machine must not fail the suite); the benchmark
     # measures lag properly, and the CLIENT PAUSE test below proves Redis waits do not hold the loop.
@@ -239,7 +274,7 @@ async def test_redis_down_gives_chat_unavailable_and_the_message_is_in_the_trans
         finally:
             await chat.aclose()
             await client.aclose(close_connection_pool=True)
-    messages = _transcript(tmp_path, "s")["messages"]
+    messages = _transcript(tmp_path, "s")
     assert [m["content"] for m in messages][-2:] == ["during the outage", "streamed during the outage"]
     assert caught.value.saved_ids == (messages[-2]["id"],)
     assert "Redis" in str(caught.value)
@@ -262,7 +297,121 @@ async def test_bad_input_is_refused_before_anything_is_stored(
         await manager.chat("s", "   \n")
     with pytest.raises(ValueError, match="session id"):
         await manager.chat("../../etc/passwd", "hi")
-    assert not (tmp_path / "transcripts" / "s.json").exists()
+    assert list((tmp_path / "transcripts").iterdir()) == []
+
+
+async def test_a_refused_message_leaves_the_conversation_unchanged(
+    manager: ChatWorkflowManager, redis: Redis, tmp_path: Path
+) -> None:
+    for turn in range(3):
+        await manager.chat("r", f"turn {turn}")
+    before = await _snapshot(redis, tmp_path, "r")
+    with pytest.raises(ContextTooLargeError):
+        await manager.chat("r", "x " * 20000)
+    with pytest.raises(ContextTooLargeError):
+        await manager.stream("r", "x " * 20000)
+    with pytest.raises(UnknownModelError):
+        await manager.chat("r", "hi", "gpt-17-ultra")
+    with pytest.raises(EmptyMessageError):
+        await manager.chat("r", " \t ")
+    assert await _snapshot(redis, tmp_path, "r") == before
+    after = await manager.chat("r", "still there?")
+    assert (after.history_used, after.history_dropped) == (6, 0)
+
+
+async def test_no_free_redis_slot_is_busy_and_stores_nothing(
+    redis: Redis, windows: ContextWindowManager, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    chat = _manager(
+        redis, windows, tmp_path / "transcripts", redis_slots=1, busy_wait_s=0.05, retry_after_s=3
+    )
+    await chat.initialize()
+    admin = Redis.from_url(redis_server.url)
+    try:
+        await admin.client_pause(500, all=False)  # writes wait: the first turn keeps the only slot
+        first = asyncio.create_task(chat.chat("holder", "I got the slot"))
+        await asyncio.sleep(0.1)
+        with pytest.raises(ChatBusyError) as busy:
+            await chat.chat("second", "no slot for me")
+        with pytest.raises(ChatBusyError):
+            await chat.messages("holder")
+        assert (await first).reply
+    finally:
+        await admin.client_unpause()
+        await admin.aclose()
+        await chat.aclose()
+    assert (busy.value.saved_ids, busy.value.retry_after_s) == ((), 3)
+    assert not (tmp_path / "transcripts" / "second.jsonl").exists()
+    assert await redis.exists("chat:history:second", "chat:meta:second") == 0
+
+
+async def test_a_reply_redis_could_not_take_is_kept_and_redis_catches_up_on_the_next_turn(
+    windows: ContextWindowManager, tmp_path: Path
+) -> None:
+    with dedicated_redis(tmp_path / "redis") as server:
+        client = create_redis(RedisConfig(url=server.url, retries=0))
+        admin = Redis.from_url(server.url)
+        chat = _manager(client, windows, tmp_path / "transcripts")
+        await chat.initialize()
+        try:
+            await chat.chat("s", "one")
+            stream = await chat.stream("s", "two")
+            # Redis refuses writes (reads still work) while the reply is being stored.
+            await admin.config_set("min-replicas-to-write", 1)
+            chunks = [chunk async for chunk in stream.chunks()]
+            assert stream.result is not None
+            assert stream.result.reply == "".join(
+                chunks
+            )  # the turn succeeded: the reply is in the transcript
+            records = _transcript(tmp_path, "s")
+            assert records[-1]["id"] == stream.result.reply_id
+            assert stream.result.reply_id not in await _redis_ids(client, "s")
+            # A message whose own Redis write fails is saved and reported as such.
+            with pytest.raises(ChatUnavailableError) as caught:
+                await chat.chat("s", "three")
+            assert caught.value.saved_ids == (_transcript(tmp_path, "s")[-1]["id"],)
+            await admin.config_set("min-replicas-to-write", 0)
+            result = await chat.chat("s", "four")
+            assert result.history_used == 5  # one, reply, two, reply, three: nothing forgotten
+            await _assert_redis_is_the_transcript_tail(chat, client, tmp_path, "s")
+        finally:
+            await chat.aclose()
+            await admin.aclose()
+            await client.aclose(close_connection_pool=True)
+
+
+async def test_a_read_rebuilds_a_list_behind_its_transcript(
+    manager: ChatWorkflowManager, redis: Redis, tmp_path: Path
+) -> None:
+    for turn in range(4):
+        await manager.chat("behind", f"turn {turn}")
+    await redis.rpop("chat:history:behind", 3)  # as if three writes never reached Redis
+    await redis.hset("chat:meta:behind", "seq", 5)
+    view = await manager.messages("behind", limit=8)
+    assert [e.seq for e in view.page.entries] == list(range(1, 9))
+    await _assert_redis_is_the_transcript_tail(manager, redis, tmp_path, "behind")
+
+
+async def test_pages_older_than_redis_keeps_come_from_the_transcript(
+    manager: ChatWorkflowManager, redis: Redis
+) -> None:
+    for turn in range(60):
+        await manager.chat("deep", f"turn {turn}")
+    seen: list[int] = []
+    before: int | None = None
+    while True:
+        view = await manager.messages("deep", limit=25, before=before)
+        assert view.page.total == 120
+        assert view.page.retained == manager.history.max_messages
+        seen[:0] = [e.seq for e in view.page.entries]
+        assert [e.seq for e in view.page.entries] == sorted(e.seq for e in view.page.entries)
+        before = view.page.next_before
+        if before is None:
+            break
+    assert seen == list(range(1, 121))
+    assert view.page.entries[0].entry.content == "turn 0"
+    with pytest.raises(UnknownModelError):
+        await manager.messages("deep", model="gpt-17-ultra")
 
 
 async def test_using_the_manager_before_initialize_is_a_clear_error(

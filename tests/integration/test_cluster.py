@@ -58,10 +58,13 @@ def assert_ai_stack_allowed(cluster: Cluster, path: str) -> None:
 async def test_chat_goes_through_ai_stack_signed(cluster: Cluster) -> None:
     backend = cluster["main-backend"]
     async with httpx.AsyncClient(base_url=backend.url, timeout=20, trust_env=False) as user:
-        first = await user.post("/api/chat", json={"session_id": "itest-chat", "message": "Hello cluster"})
+        created = await user.post("/api/chat/sessions", json={})
+        assert created.status_code == 201, created.text
+        session = created.json()["session_id"]
+        first = await user.post("/api/chat", json={"session_id": session, "message": "Hello cluster"})
         assert first.status_code == 200, first.text
-        second = await user.post("/api/chat", json={"session_id": "itest-chat", "message": "And again"})
-        history = await user.get("/api/chat/sessions/itest-chat/messages")
+        second = await user.post("/api/chat", json={"session_id": session, "message": "And again"})
+        history = await user.get(f"/api/chat/sessions/{session}/messages")
     reply = first.json()
     # The reply was made by ai-stack's offline stand-in and came back through the ai-stack provider.
     assert reply["reply"].startswith("[offline-echo]")
@@ -88,13 +91,12 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[
 
 async def test_chat_stream_arrives_chunk_by_chunk_through_ai_stack_signed(cluster: Cluster) -> None:
     backend = cluster["main-backend"]
-    body = {"session_id": "itest-stream", "message": "Stream through the cluster"}
-    async with (
-        httpx.AsyncClient(base_url=backend.url, timeout=20, trust_env=False) as user,
-        user.stream("POST", "/api/chat/stream", json=body) as response,
-    ):
-        assert response.status_code == 200
-        events = [event async for event in sse_events(response)]
+    async with httpx.AsyncClient(base_url=backend.url, timeout=20, trust_env=False) as user:
+        session = (await user.post("/api/chat/sessions", json={})).json()["session_id"]
+        body = {"session_id": session, "message": "Stream through the cluster"}
+        async with user.stream("POST", "/api/chat/stream", json=body) as response:
+            assert response.status_code == 200
+            events = [event async for event in sse_events(response)]
     chunks = [data["text"] for kind, data in events if kind == "chunk"]
     # ai-stack's offline stand-in sends a word at a time; each arrives at the user as its own event.
     assert len(chunks) > 1, events
@@ -109,20 +111,19 @@ async def test_chat_stream_arrives_chunk_by_chunk_through_ai_stack_signed(cluste
 async def test_ai_stack_dying_mid_stream_ends_the_users_stream_with_an_error(cluster: Cluster) -> None:
     ai_stack = cluster["ai-stack"]
     events: list[tuple[str, dict[str, Any]]] = []
+    user = httpx.AsyncClient(base_url=cluster["main-backend"].url, timeout=20, trust_env=False)
+    session = (await user.post("/api/chat/sessions", json={})).json()["session_id"]
     try:
-        async with (
-            httpx.AsyncClient(base_url=cluster["main-backend"].url, timeout=20, trust_env=False) as user,
-            user.stream(
-                "POST", "/api/chat/stream", json={"session_id": "itest-dies", "message": "Hi"}
-            ) as response,
-        ):
+        async with user.stream(
+            "POST", "/api/chat/stream", json={"session_id": session, "message": "Hi"}
+        ) as response:
             async for event in sse_events(response):
                 events.append(event)
                 if len(events) == 1:
                     assert ai_stack.process is not None
                     ai_stack.process.kill()  # SIGKILL by PID: no graceful end of the stream in flight
                     ai_stack.process.wait()
-            history = (await user.get("/api/chat/sessions/itest-dies/messages")).json()
+        history = (await user.get(f"/api/chat/sessions/{session}/messages")).json()
     finally:
         cluster.start("ai-stack")
     assert events[0][0] == "chunk"
@@ -133,13 +134,12 @@ async def test_ai_stack_dying_mid_stream_ends_the_users_stream_with_an_error(clu
     assert [m["role"] for m in history["messages"]] == ["user"]
 
     # ai-stack is back (same port, same keys) and main-backend streams through it again.
-    async with (
-        httpx.AsyncClient(base_url=cluster["main-backend"].url, timeout=20, trust_env=False) as user,
-        user.stream(
-            "POST", "/api/chat/stream", json={"session_id": "itest-dies", "message": "Again"}
-        ) as again,
-    ):
-        assert [kind async for kind, _ in sse_events(again)][-1] == "done"
+    try:
+        again_body = {"session_id": session, "message": "Again"}
+        async with user.stream("POST", "/api/chat/stream", json=again_body) as again:
+            assert [kind async for kind, _ in sse_events(again)][-1] == "done"
+    finally:
+        await user.aclose()
 
 
 async def test_main_backend_calls_npu_worker_signed(cluster: Cluster, as_main_backend: ServiceClient) -> None:
@@ -288,7 +288,12 @@ async def test_redis_commands_stay_inside_each_acl(
     """Every service runs as its own ACL user with the matrix's rules; Redis logs no denial for any."""
     # Make each service use Redis (its data and its replay store) before looking.
     async with httpx.AsyncClient(base_url=cluster["main-backend"].url, timeout=20, trust_env=False) as user:
-        assert (await user.post("/api/chat", json={"session_id": "acl", "message": "hi"})).status_code == 200
+        session = (await user.post("/api/chat/sessions", json={})).json()["session_id"]
+        assert (
+            await user.post("/api/chat", json={"session_id": session, "message": "hi"})
+        ).status_code == 200
+        assert (await user.get("/api/chat/sessions")).json()["sessions"][0]["message_count"] == 2
+        assert (await user.delete(f"/api/chat/sessions/{session}")).status_code == 200
     assert (
         await as_main_backend.post("npu-worker", "/api/process", json={"texts": ["a"]})
     ).status_code == 200

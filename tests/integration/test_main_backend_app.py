@@ -13,7 +13,15 @@ import httpx
 import pytest
 import yaml
 from fastapi.routing import APIRoute
-from test_chat_support import app_client, backend_client, backend_config, dedicated_redis, parse_sse
+from test_chat_support import (
+    app_client,
+    backend_client,
+    backend_config,
+    dedicated_redis,
+    new_session,
+    parse_sse,
+    transcript_messages,
+)
 from tests.support.redis_server import RedisServer
 from tests.unit.llm_runtime_fakes import Script, running_fake_llm_runtime
 
@@ -72,8 +80,9 @@ async def test_schema_is_created_on_first_start_and_the_first_upload_works(
         with sqlite3.connect(db) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables >= PLAN_TABLES
+        first = await new_session(client)
         response = await client.post(
-            "/api/sessions/first/files", files={"file": ("notes.txt", b"first upload", "text/plain")}
+            f"/api/sessions/{first}/files", files={"file": ("notes.txt", b"first upload", "text/plain")}
         )
         assert response.status_code == 201, response.text
     assert app is not None
@@ -89,28 +98,30 @@ async def test_health_and_ready(client: httpx.AsyncClient) -> None:
 
 
 async def test_chat_returns_the_reply_and_its_accounting(client: httpx.AsyncClient) -> None:
-    response = await client.post("/api/chat", json={"message": "hello", "session_id": "s1"})
+    s1 = await new_session(client)
+    response = await client.post("/api/chat", json={"message": "hello", "session_id": s1})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["session_id"] == "s1"
+    assert body["session_id"] == s1
     assert body["reply"].startswith("[offline-echo]")
     assert {"model", "message_id", "reply_id", "prompt_tokens", "max_output_tokens", "history_used"} <= set(
         body
     )
-    second = (await client.post("/api/chat", json={"message": "again", "session_id": "s1"})).json()
+    second = (await client.post("/api/chat", json={"message": "again", "session_id": s1})).json()
     assert second["history_used"] == 2
 
 
 async def test_chat_with_a_chosen_model(client: httpx.AsyncClient, windows: ContextWindowManager) -> None:
     response = await client.post(
-        "/api/chat", json={"message": "hi", "session_id": "m", "model": "mistral:7b"}
+        "/api/chat", json={"message": "hi", "session_id": await new_session(client), "model": "mistral:7b"}
     )
     assert response.json()["model"] == "mistral:7b"
     assert response.json()["max_output_tokens"] == windows.spec("mistral:7b").max_output_tokens
 
 
 async def test_chat_stream_sends_one_event_per_chunk_and_a_final_done(client: httpx.AsyncClient) -> None:
-    async with client.stream("POST", "/api/chat/stream", json={"message": "stream", "session_id": "st"}) as r:
+    st = await new_session(client)
+    async with client.stream("POST", "/api/chat/stream", json={"message": "stream", "session_id": st}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = "".join([chunk async for chunk in r.aiter_text()])
@@ -121,7 +132,7 @@ async def test_chat_stream_sends_one_event_per_chunk_and_a_final_done(client: ht
     assert len(kinds) > 3
     done = events[-1][1]
     assert "".join(data["text"] for kind, data in events if kind == "chunk") == done["reply"]
-    history = (await client.get("/api/chat/sessions/st/messages")).json()
+    history = (await client.get(f"/api/chat/sessions/{st}/messages")).json()
     assert [m["content"] for m in history["messages"]] == ["stream", done["reply"]]
 
 
@@ -134,7 +145,7 @@ async def test_a_stream_that_fails_midway_ends_with_an_error_event_in_the_json_e
             update={"llm": LLMConfig(provider="ollama", base_url=runtime.url)}
         )
         async with app_client(create_app(config)) as client:
-            body = {"message": "stream", "session_id": "broken"}
+            body = {"message": "stream", "session_id": await new_session(client)}
             async with client.stream("POST", "/api/chat/stream", json=body) as r:
                 assert r.status_code == 200  # the headers were out before the model failed
                 raw = "".join([chunk async for chunk in r.aiter_text()])
@@ -151,23 +162,24 @@ async def test_messages_are_windowed_for_the_session_model_and_paginated(
     client: httpx.AsyncClient, windows: ContextWindowManager
 ) -> None:
     model = "llama-3.2-3b-instruct"
+    p = await new_session(client)
     for turn in range(20):
-        r = await client.post("/api/chat", json={"message": f"t{turn}", "session_id": "p", "model": model})
+        r = await client.post("/api/chat", json={"message": f"t{turn}", "session_id": p, "model": model})
         assert r.status_code == 200
-    default = (await client.get("/api/chat/sessions/p/messages")).json()
+    default = (await client.get(f"/api/chat/sessions/{p}/messages")).json()
     assert default["model"] == model
     assert default["limit"] == windows.fetch_limit(model)
     assert len(default["messages"]) == windows.fetch_limit(model)
     assert default["total"] == 40
     assert default["messages"][-1]["seq"] == 40
-    page = (await client.get("/api/chat/sessions/p/messages", params={"limit": 4, "before": 37})).json()
+    page = (await client.get(f"/api/chat/sessions/{p}/messages", params={"limit": 4, "before": 37})).json()
     assert [m["seq"] for m in page["messages"]] == [33, 34, 35, 36]
     assert page["next_before"] == 33
     assert page["messages"][0]["content"] == "t16"
-    capped = (await client.get("/api/chat/sessions/p/messages", params={"limit": 10**6})).json()
+    capped = (await client.get(f"/api/chat/sessions/{p}/messages", params={"limit": 10**6})).json()
     assert capped["limit"] < 10**6
     assert len(capped["messages"]) == 40
-    bad = await client.get("/api/chat/sessions/p/messages", params={"before": 0})
+    bad = await client.get(f"/api/chat/sessions/{p}/messages", params={"before": 0})
     assert bad.status_code == 422
 
 
@@ -184,8 +196,9 @@ async def test_models_lists_the_registry(client: httpx.AsyncClient, windows: Con
 
 async def test_file_lifecycle(client: httpx.AsyncClient) -> None:
     content = "résumé, naïve\n".encode() * 10
+    f1, other = await new_session(client), await new_session(client)
     up = await client.post(
-        "/api/sessions/f1/files",
+        f"/api/sessions/{f1}/files",
         files={"file": ("my cv é.txt", content, "text/plain")},
         data={"uploaded_by": "alice", "message_id": "m-1"},
     )
@@ -196,10 +209,10 @@ async def test_file_lifecycle(client: httpx.AsyncClient) -> None:
     assert record["uploaded_by"] == "alice"
     assert "file_path" not in record
 
-    listed = (await client.get("/api/sessions/f1/files")).json()
+    listed = (await client.get(f"/api/sessions/{f1}/files")).json()
     assert [f["file_id"] for f in listed["files"]] == [file_id]
 
-    download = await client.get(f"/api/sessions/f1/files/{file_id}")
+    download = await client.get(f"/api/sessions/{f1}/files/{file_id}")
     assert download.status_code == 200
     assert download.content == content
     assert download.headers["content-type"].startswith("text/plain")
@@ -208,40 +221,41 @@ async def test_file_lifecycle(client: httpx.AsyncClient) -> None:
         "attachment; filename=\"my cv ?.txt\"; filename*=UTF-8''my%20cv%20%C3%A9.txt"
     )
 
-    summary = (await client.get("/api/sessions/f1/files-summary")).json()
+    summary = (await client.get(f"/api/sessions/{f1}/files-summary")).json()
     assert (summary["file_count"], summary["total_size"]) == (1, len(content))
     stats = (await client.get("/api/files/stats")).json()
     assert stats["active_files"] == 1
 
-    assert (await client.get(f"/api/sessions/other/files/{file_id}")).status_code == 404
-    assert (await client.delete(f"/api/sessions/other/files/{file_id}")).status_code == 404
+    assert (await client.get(f"/api/sessions/{other}/files/{file_id}")).status_code == 404
+    assert (await client.delete(f"/api/sessions/{other}/files/{file_id}")).status_code == 404
 
-    deleted = await client.delete(f"/api/sessions/f1/files/{file_id}")
+    deleted = await client.delete(f"/api/sessions/{f1}/files/{file_id}")
     assert deleted.json() == {"file_id": file_id, "deleted": True, "already_deleted": False}
-    again = await client.delete(f"/api/sessions/f1/files/{file_id}")
+    again = await client.delete(f"/api/sessions/{f1}/files/{file_id}")
     assert again.json()["already_deleted"] is True
-    gone = await client.get(f"/api/sessions/f1/files/{file_id}")
+    gone = await client.get(f"/api/sessions/{f1}/files/{file_id}")
     assert gone.status_code == 410
     assert gone.json()["error"] == "file_deleted"
-    assert (await client.get("/api/sessions/f1/files")).json()["files"] == []
-    unknown = await client.get("/api/sessions/f1/files/00000000-0000-0000-0000-000000000000")
+    assert (await client.get(f"/api/sessions/{f1}/files")).json()["files"] == []
+    unknown = await client.get(f"/api/sessions/{f1}/files/00000000-0000-0000-0000-000000000000")
     assert unknown.status_code == 404
     assert unknown.json()["error"] == "file_not_found"
 
 
 async def test_oversize_uploads_are_413(tmp_path: Path, redis_server: RedisServer) -> None:
     async with backend_client(tmp_path, redis_server.url, max_upload_bytes=1000) as client:
-        just_over = await client.post("/api/sessions/u/files", files={"file": ("a.bin", b"x" * 1001)})
+        u = await new_session(client)
+        just_over = await client.post(f"/api/sessions/{u}/files", files={"file": ("a.bin", b"x" * 1001)})
         assert just_over.status_code == 413
         assert just_over.json()["error"] == "file_too_large"
         assert just_over.json()["limit_bytes"] == 1000
-        huge = await client.post("/api/sessions/u/files", files={"file": ("b.bin", b"x" * 500_000)})
+        huge = await client.post(f"/api/sessions/{u}/files", files={"file": ("b.bin", b"x" * 500_000)})
         assert huge.status_code == 413
         assert huge.json()["error"] == "payload_too_large"
-        exact = await client.post("/api/sessions/u/files", files={"file": ("c.bin", b"x" * 1000)})
+        exact = await client.post(f"/api/sessions/{u}/files", files={"file": ("c.bin", b"x" * 1000)})
         assert exact.status_code == 201
         assert [
-            f["original_filename"] for f in (await client.get("/api/sessions/u/files")).json()["files"]
+            f["original_filename"] for f in (await client.get(f"/api/sessions/{u}/files")).json()["files"]
         ] == ["c.bin"]
 
 
@@ -255,7 +269,7 @@ async def test_chunked_oversize_body_is_413_too(tmp_path: Path, redis_server: Re
 
     async with backend_client(tmp_path, redis_server.url, max_upload_bytes=1000) as client:
         r = await client.post(
-            "/api/sessions/u/files",
+            f"/api/sessions/{await new_session(client)}/files",
             content=body(),
             headers={"content-type": "multipart/form-data; boundary=zz"},
         )
@@ -294,6 +308,10 @@ async def test_chunked_oversize_body_is_413_too(tmp_path: Path, redis_server: Re
 async def test_bad_chat_requests_get_clear_4xx_json(
     client: httpx.AsyncClient, request_kwargs: dict[str, Any], status: int, error: str, mentions: str
 ) -> None:
+    body = request_kwargs.get("json")
+    if isinstance(body, dict) and body.get("session_id") == "s":
+        # "s" stands for a session of this client's own: the request is refused for what it says, not whose.
+        request_kwargs = {**request_kwargs, "json": {**body, "session_id": await new_session(client)}}
     for path in ("/api/chat", "/api/chat/stream"):
         response = await client.post(path, **request_kwargs)
         assert response.status_code == status, response.text
@@ -328,7 +346,7 @@ async def test_context_too_large_is_413_with_the_numbers(
     spec = windows.spec("phi3:mini")
     message = "word " * (spec.context_window_tokens * 2)
     response = await client.post(
-        "/api/chat", json={"message": message, "session_id": "big", "model": "phi3:mini"}
+        "/api/chat", json={"message": message, "session_id": await new_session(client), "model": "phi3:mini"}
     )
     assert response.status_code == 413
     body = response.json()
@@ -350,31 +368,32 @@ async def test_unknown_routes_and_methods_are_json_errors(client: httpx.AsyncCli
 
 
 async def test_50_concurrent_chat_requests(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    c = [await new_session(client) for _ in range(10)]
     responses = await asyncio.gather(
-        *(client.post("/api/chat", json={"message": f"m{i}", "session_id": f"c{i % 10}"}) for i in range(50))
+        *(client.post("/api/chat", json={"message": f"m{i}", "session_id": c[i % 10]}) for i in range(50))
     )
     assert [r.status_code for r in responses] == [200] * 50
     for i in range(10):
-        doc = json.loads((tmp_path / "data" / "transcripts" / f"c{i}.json").read_bytes())
-        assert doc["message_count"] == 10
+        assert len(transcript_messages(tmp_path / "data" / "transcripts", c[i])) == 10
 
 
 async def test_redis_down_is_503_while_health_stays_up_and_the_message_is_kept(tmp_path: Path) -> None:
     with dedicated_redis(tmp_path / "redis") as server:
         async with backend_client(tmp_path, server.url) as client:
+            o = await new_session(client)
             assert (
-                await client.post("/api/chat", json={"message": "before", "session_id": "o"})
+                await client.post("/api/chat", json={"message": "before", "session_id": o})
             ).status_code == 200
             server.stop()
-            chat = await client.post("/api/chat", json={"message": "during", "session_id": "o"})
+            chat = await client.post("/api/chat", json={"message": "during", "session_id": o})
             assert chat.status_code == 503
             body = chat.json()
             assert body["error"] == "history_unavailable"
             assert "Redis" in body["detail"]
             assert "saved" in body["detail"]
-            stream = await client.post("/api/chat/stream", json={"message": "streamed", "session_id": "o"})
+            stream = await client.post("/api/chat/stream", json={"message": "streamed", "session_id": o})
             assert stream.status_code == 503
-            read = await client.get("/api/chat/sessions/o/messages")
+            read = await client.get(f"/api/chat/sessions/{o}/messages")
             assert read.status_code == 503
             assert "saved" not in read.json()["detail"]  # a read saves nothing and must not claim to
             assert (await client.get("/api/health")).status_code == 200
@@ -383,10 +402,9 @@ async def test_redis_down_is_503_while_health_stays_up_and_the_message_is_kept(t
             assert ready.json()["checks"]["redis"].startswith("failed")
             assert ready.json()["checks"]["database"] == "ok"
             assert "redis" in ready.json()["detail"]
-    doc = json.loads((tmp_path / "data" / "transcripts" / "o.json").read_bytes())
-    contents = [m["content"] for m in doc["messages"]]
-    assert contents[-2:] == ["during", "streamed"]
-    assert body["saved_message_ids"] == [doc["messages"][-2]["id"]]
+    messages = transcript_messages(tmp_path / "data" / "transcripts", o)
+    assert [m["content"] for m in messages][-2:] == ["during", "streamed"]
+    assert body["saved_message_ids"] == [messages[-2]["id"]]
 
 
 async def test_the_ai_stack_provider_is_wired_from_the_service_config(

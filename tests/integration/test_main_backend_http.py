@@ -7,28 +7,23 @@ and is shut down with SIGTERM, which must run the lifespan shutdown and exit cle
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from test_chat_support import backend_config, parse_sse, write_config
-from tests.support.redis_server import RedisServer, free_port, start_redis
-
-_LAUNCH = """
-import sys
-import uvicorn
-from autobot.config import load_config
-from autobot.services.main_backend import create_app
-app = create_app(load_config(sys.argv[1]))
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", access_log=False)
-"""
+from test_chat_support import (
+    backend_config,
+    kill_backend,
+    new_session,
+    parse_sse,
+    start_backend,
+    transcript_messages,
+    write_config,
+)
+from tests.support.redis_server import RedisServer, start_redis
 
 
 @dataclass
@@ -39,44 +34,22 @@ class Served:
     redis_dir: Path
 
 
-def _wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"main-backend exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/api/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"main-backend did not answer on {url} within {timeout_s}s")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("main-backend")
     redis = start_redis(root / "redis")
     config = write_config(root / "config.yml", backend_config(root, redis.url))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCH, str(config), str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    state = Served(f"http://127.0.0.1:{port}", root / "data", redis, root / "redis")
+    backend = start_backend(config)
+    state = Served(backend.url, root / "data", redis, root / "redis")
     try:
-        _wait_for_health(state.base_url, proc)
         yield state
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        backend.process.send_signal(signal.SIGTERM)
+        _, err = backend.process.communicate(timeout=30)
         # Graceful: the lifespan shutdown ran (uvicorn re-raises SIGTERM after it, hence -15 on new versions).
-        assert proc.returncode in (0, -signal.SIGTERM), err.decode()
+        assert backend.process.returncode in (0, -signal.SIGTERM), err.decode()
         assert "Application shutdown complete" in err.decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_backend(backend)
         state.redis.stop()
 
 
@@ -89,12 +62,13 @@ async def test_health_and_ready_over_http(served: Served) -> None:
 
 async def test_chat_and_stream_over_http(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.base_url) as client:
-        reply = await client.post("/api/chat", json={"message": "over the wire", "session_id": "h1"})
+        h1 = await new_session(client)
+        reply = await client.post("/api/chat", json={"message": "over the wire", "session_id": h1})
         assert reply.status_code == 200
         assert reply.json()["reply"].startswith("[offline-echo]")
         frames = 0
         async with client.stream(
-            "POST", "/api/chat/stream", json={"message": "again", "session_id": "h1"}
+            "POST", "/api/chat/stream", json={"message": "again", "session_id": h1}
         ) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             raw = ""
@@ -110,39 +84,41 @@ async def test_chat_and_stream_over_http(served: Served) -> None:
 async def test_50_concurrent_clients_over_http(served: Served) -> None:
     limits = httpx.Limits(max_connections=50)
     async with httpx.AsyncClient(base_url=served.base_url, limits=limits, timeout=30) as client:
+        par = [await new_session(client) for _ in range(50)]
         responses = await asyncio.gather(
-            *(client.post("/api/chat", json={"message": f"m{i}", "session_id": f"par{i}"}) for i in range(50))
+            *(client.post("/api/chat", json={"message": f"m{i}", "session_id": par[i]}) for i in range(50))
         )
     assert [r.status_code for r in responses] == [200] * 50
 
 
 async def test_upload_over_http(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.base_url) as client:
+        h2 = await new_session(client)
         up = await client.post(
-            "/api/sessions/h2/files", files={"file": ("a.txt", b"hello file", "text/plain")}
+            f"/api/sessions/{h2}/files", files={"file": ("a.txt", b"hello file", "text/plain")}
         )
         assert up.status_code == 201, up.text
-        got = await client.get(f"/api/sessions/h2/files/{up.json()['file_id']}")
+        got = await client.get(f"/api/sessions/{h2}/files/{up.json()['file_id']}")
         assert got.content == b"hello file"
 
 
 async def test_redis_outage_503_keeps_the_message_and_recovers_from_the_transcript(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.base_url, timeout=30) as client:
+        out = await new_session(client)
         for text in ("one", "two"):
             assert (
-                await client.post("/api/chat", json={"message": text, "session_id": "out"})
+                await client.post("/api/chat", json={"message": text, "session_id": out})
             ).status_code == 200
         served.redis.stop()
-        down = await client.post("/api/chat", json={"message": "lost?", "session_id": "out"})
+        down = await client.post("/api/chat", json={"message": "lost?", "session_id": out})
         assert down.status_code == 503
         assert down.json()["error"] == "history_unavailable"
         assert (await client.get("/api/ready")).status_code == 503
-        transcript = json.loads((served.data_dir / "transcripts" / "out.json").read_bytes())
-        assert transcript["messages"][-1]["content"] == "lost?"
+        assert transcript_messages(served.data_dir / "transcripts", out)[-1]["content"] == "lost?"
 
         # Redis comes back empty (no persistence): the next turn refills the history from the transcript.
         served.redis = start_redis(served.redis_dir, port=served.redis.port)
-        back = await client.post("/api/chat", json={"message": "three", "session_id": "out"})
+        back = await client.post("/api/chat", json={"message": "three", "session_id": out})
         assert back.status_code == 200, back.text
         assert back.json()["history_used"] == 5  # one, reply, two, reply, lost?
         assert (await client.get("/api/ready")).status_code == 200

@@ -1,7 +1,7 @@
 """Benchmark: POST /api/chat under 50 concurrent clients, async history vs the synchronous-Redis baseline.
 
     python tests/perf/bench_chat.py [--clients 50] [--requests 30] [--think-ms 500] [--rounds 20]
-                                    [--redis-delay-ms 0]
+                                    [--redis-delay-ms 0] [--baseline sync-baseline|unowned]
 
 Starts a real redis-server on a free loopback port and, side by side, two main-backends under uvicorn in
 their own processes (offline LLM provider, own data directory, own Redis database), then drives them with
@@ -16,6 +16,8 @@ Variants:
 - async:          the real app, autobot.services.main_backend.create_app.
 - sync-baseline:  the same app with its chat history swapped for one that sends the same Redis commands
                   through the synchronous redis client inside the async handler: the plan's root cause.
+- unowned:        the same app without the session ownership check and the session-list update of each
+                  turn (issue 15), to price them: `--baseline unowned`.
 `--redis-delay-ms D` puts a TCP proxy holding every chunk D ms each way between the apps and Redis, as
 when Redis runs on its own machine (production); 0 connects directly over loopback.
 Prints numbers only; it asserts nothing about timing. Bounded: fixed request counts and a time limit.
@@ -46,7 +48,7 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 from tests.support.redis_server import free_port, start_redis  # noqa: E402
 
-VARIANTS = ("async", "sync-baseline")
+VARIANTS = ("async", "sync-baseline", "unowned")
 SHAPES = ("alone", "staggered", "burst")
 LAG_INTERVAL_S = 0.005
 TIME_LIMIT_S = 300.0
@@ -84,16 +86,24 @@ class SyncRedisHistory:
         self.ttl_s = ttl_s
 
     async def append(
-        self, session_id: str, entries: Sequence[Any], *, model: str | None = None, window: int = 0
+        self,
+        session_id: str,
+        entries: Sequence[Any],
+        *,
+        last_seq: int,
+        model: str | None = None,
+        window: int = 0,
     ) -> Any:
         from autobot.chat.entries import ChatEntry
         from autobot.chat.history import AppendResult
 
         key, meta = self._key(session_id), self._meta(session_id)
         pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(meta, "seq")
+        pipe.llen(key)
         pipe.rpush(key, *(e.to_json() for e in entries))
         pipe.ltrim(key, -self.max_messages, -1)
-        pipe.hincrby(meta, "seq", len(entries))
+        pipe.hset(meta, "seq", last_seq)
         if model is not None:
             pipe.hset(meta, "model", model)
         pipe.expire(key, self.ttl_s)
@@ -101,16 +111,19 @@ class SyncRedisHistory:
         if window > 0:
             pipe.lrange(key, -window, -1)
         results = pipe.execute()  # blocks the event loop for the whole round trip
+        previous = last_seq - len(entries)
+        held_seq, held_length = int(results[0] or 0), int(results[1])
+        diverged = held_seq != previous or held_length != min(previous, self.max_messages)
         read = [ChatEntry.from_json(item) for item in results[-1]] if window > 0 else []
-        return AppendResult(missed=int(results[0]) == len(entries), window=read)
+        return AppendResult(diverged=diverged, window=read)
 
-    async def prepend(self, session_id: str, older: Sequence[Any], *, total: int) -> None:
+    async def replace(self, session_id: str, newest: Sequence[Any], *, total: int) -> None:
         key, meta = self._key(session_id), self._meta(session_id)
-        batch = list(older)[-self.max_messages :]
+        batch = list(newest)[-self.max_messages :]
         pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
         if batch:
-            pipe.lpush(key, *(e.to_json() for e in reversed(batch)))
-            pipe.ltrim(key, -self.max_messages, -1)
+            pipe.rpush(key, *(e.to_json() for e in batch))
         pipe.hset(meta, "seq", total)
         pipe.expire(key, self.ttl_s)
         pipe.expire(meta, self.ttl_s)
@@ -121,6 +134,10 @@ class SyncRedisHistory:
 
         raw = self._redis.lrange(self._key(session_id), -count, -1)
         return [ChatEntry.from_json(item) for item in raw]
+
+
+async def _no_touch(*_: Any, **__: Any) -> None:
+    return None
 
 
 def build_app(variant: str, config_path: str) -> Any:
@@ -139,6 +156,8 @@ def build_app(variant: str, config_path: str) -> Any:
         async with inner_lifespan(a):
             backend = a.state.backend
             assert isinstance(backend, BackendState)
+            if variant == "unowned":
+                backend.sessions.touch = _no_touch  # type: ignore[method-assign]
             if variant == "sync-baseline":
                 current = backend.chat.history
                 backend.chat.history = SyncRedisHistory(  # type: ignore[assignment]
@@ -153,6 +172,13 @@ def build_app(variant: str, config_path: str) -> Any:
                     await task
 
     app.router.lifespan_context = lifespan
+    if variant == "unowned":
+        from autobot.services.main_backend.chat import ChatRequest, _owned_chat_request
+
+        async def unchecked(body: ChatRequest) -> ChatRequest:
+            return body
+
+        app.dependency_overrides[_owned_chat_request] = unchecked
 
     async def lag() -> dict[str, Any]:
         return {"samples": probe.samples}
@@ -262,6 +288,7 @@ class Target:
         self.clients = clients
         self.stack = stack
         self.users: list[httpx.AsyncClient] = []
+        self.sessions: list[str] = []
         self.control: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
@@ -272,12 +299,16 @@ class Target:
                 base_url=self.base_url, limits=httpx.Limits(max_connections=1), timeout=30
             )
             self.users.append(await self.stack.enter_async_context(client))
+            # Each user chats in a session main-backend issued to it (its cookie stays in the client).
+            created = await client.post("/api/chat/sessions", json={})
+            created.raise_for_status()
+            self.sessions.append(created.json()["session_id"])
         self.control = await self.stack.enter_async_context(httpx.AsyncClient(base_url=self.base_url))
 
     async def chat(self, index: int, turn: int, sink: dict[str, Any] | None) -> None:
         body = {
             "message": f"client {index} turn {turn}: how is the cluster doing?",
-            "session_id": f"c{index}",
+            "session_id": self.sessions[index],
         }
         start = time.perf_counter()
         try:
@@ -357,7 +388,7 @@ async def run_all(
     try:
         async with contextlib.AsyncExitStack() as stack:
             targets = []
-            for db, variant in enumerate(VARIANTS):
+            for db, variant in enumerate(("async", args.baseline)):
                 workdir = root / variant
                 workdir.mkdir()
                 # Each variant its own Redis database and data directory, one shared redis-server.
@@ -365,7 +396,11 @@ async def run_all(
                 port = free_port()
                 cmd = [sys.executable, __file__, "serve", "--variant", variant, "--config", str(config)]
                 procs.append(
-                    subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+                    # This tree's own src first, so the benchmark measures the code it sits next to.
+                    subprocess.Popen(
+                        [*cmd, "--port", str(port)],
+                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
+                    )
                 )
                 await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}", procs[-1])
                 targets.append(Target(variant, f"http://127.0.0.1:{port}", args.clients, stack))
@@ -404,7 +439,7 @@ def report(rows: dict[tuple[str, str], dict[str, float]], args: argparse.Namespa
         f" {'max':>7} {'lag p50':>8} {'lag p99':>8} {'lag max':>8}"
     )
     for shape in SHAPES:
-        for variant in VARIANTS:
+        for variant in ("async", args.baseline):
             r = rows[(variant, shape)]
             cells = [f"{r[k]:>7.1f}" for k in ("p50", "p95", "p99", "max")]
             cells += [f"{r[k]:>8.2f}" for k in ("lag_p50", "lag_p99", "lag_max")]
@@ -414,11 +449,11 @@ def report(rows: dict[tuple[str, str], dict[str, float]], args: argparse.Namespa
         f"(latency and event-loop lag in ms; lag: perf_counter drift of a {LAG_INTERVAL_S * 1000:g} ms sleep)"
     )
     for shape in SHAPES:
-        a, s = rows[("async", shape)], rows[("sync-baseline", shape)]
+        a, s = rows[("async", shape)], rows[(args.baseline, shape)]
         ratios = ", ".join(
             f"{k.replace('_', ' ')} {s[k] / a[k]:.2f}x" for k in ("p50", "p99", "lag_p99", "lag_max")
         )
-        print(f"ratio sync-baseline/async, {shape:<9}: {ratios}")
+        print(f"ratio {args.baseline}/async, {shape:<9}: {ratios}")
     a = rows[("async", "staggered")]
     print(
         f"async, staggered, vs targets: p99 {a['p99']:.1f} ms (required < 100, aim < 25); "
@@ -484,6 +519,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="shares per shape, variants alternating")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured requests per client first")
     parser.add_argument("--redis-delay-ms", type=float, default=0.0, help="one-way delay to Redis (0: none)")
+    parser.add_argument(
+        "--baseline", choices=VARIANTS[1:], default="sync-baseline", help="the variant compared with async"
+    )
     args = parser.parse_args()
     if args.command == "serve":
         serve(args.variant, args.config, args.port)

@@ -61,7 +61,8 @@ async def run(url: str, reads: int, model: str | None) -> None:
         for session, n in (("long", LONG), ("short", SHORT)):
             batch = entries(n)
             for start in range(0, n, 1000):
-                await history.append(session, batch[start : start + 1000])
+                chunk = batch[start : start + 1000]
+                await history.append(session, chunk, last_seq=start + len(chunk))
         sizes = {s: await client.llen(f"chat:history:{s}") for s in ("long", "short")}
         results: dict[str, list[float]] = {"long": [], "short": [], "long, whole history": []}
         for _ in range(20):  # warm-up

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,9 +246,6 @@ def test_phone_width(browsing: Browsing, artifacts: Path) -> None:
 
 def test_a_second_browser_sees_none_of_the_first_ones_sessions(browsing: Browsing) -> None:
     first = open_chat(browsing)
-    probe = first.page.request.get("/api/chat/sessions")
-    if probe.status in (404, 405):
-        pytest.xfail("main-backend has no sessions API yet (issue 15): ids are client-chosen and shared")
     first.send_and_wait("only the first browser may read this")
     session_id = first.current_session()
     assert session_id
@@ -265,79 +261,6 @@ def test_a_second_browser_sees_none_of_the_first_ones_sessions(browsing: Browsin
     assert stolen.json()["error"] == "session_not_found"
     files = second.page.request.get(f"/api/sessions/{session_id}/files")
     assert files.status == 404
-
-
-class ContractSessions:
-    """A stand-in for the sessions routes of the API contract (issue 15), served by request interception,
-    for backends that do not have them yet; chat, history and files still go to the real main-backend,
-    which accepts the ids this hands out."""
-
-    def __init__(self) -> None:
-        self.sessions: dict[str, dict[str, Any]] = {}
-        self.calls: list[str] = []
-
-    def handle(self, route: Route) -> None:
-        request = route.request
-        self.calls.append(f"{request.method} {request.url.split('/api', 1)[1]}")
-        if request.method == "GET":
-            listed = sorted(self.sessions.values(), key=lambda s: s["created_at"], reverse=True)
-            route.fulfill(json={"sessions": listed})
-        elif request.method == "POST":
-            session_id = f"contract{len(self.sessions)}x{secrets.token_hex(16)}"
-            created = {"session_id": session_id, "created_at": f"2025-01-01T00:00:0{len(self.sessions)}Z"}
-            self.sessions[session_id] = {**created, "updated_at": None, "title": None, "message_count": 0}
-            route.fulfill(status=201, json={**created, "title": None})
-        elif request.method == "DELETE":
-            session_id = request.url.rsplit("/", 1)[1]
-            self.sessions.pop(session_id)
-            route.fulfill(json={"session_id": session_id, "deleted": True})
-
-
-def test_the_page_uses_the_contracts_sessions_routes(browsing: Browsing) -> None:
-    chat = browsing.new_page()
-    if chat.page.request.get(browsing.base_url + "/api/chat/sessions").status == 200:
-        pytest.skip("main-backend has the sessions API; the other tests exercise it for real")
-    fake = ContractSessions()
-    chat.page.route(re.compile(r".*/api/chat/sessions(/[^/]+)?$"), fake.handle)
-    chat.open(browsing.base_url)
-    expect(chat.page.locator("#sessions-empty")).to_be_visible()
-
-    chat.send_and_wait("a server-issued session")
-    (session_id,) = fake.sessions
-    assert chat.current_session() == session_id
-    assert fake.calls[:2] == ["GET /chat/sessions", "POST /chat/sessions"]
-    fake.sessions[session_id].update(title="a server-issued session", message_count=2)
-
-    chat.page.reload()
-    chat.wait_ready()
-    expect(chat.session_items()).to_have_count(1)
-    expect(chat.session_items().first).to_contain_text("a server-issued session")
-    expect(chat.page.locator("#chat-title")).to_have_text("a server-issued session")
-    expect(chat.messages).to_have_count(2)
-
-    chat.page.get_by_role("button", name="New chat").click()
-    chat.send_and_wait("a second one")
-    assert len(fake.sessions) == 2
-    expect(chat.session_items()).to_have_count(2)
-
-    chat.session_items().filter(has_text="a server-issued session").get_by_role(
-        "button", name="Delete"
-    ).click()
-    expect(chat.session_items()).to_have_count(1)
-    assert f"DELETE /chat/sessions/{session_id}" in fake.calls
-    assert session_id not in fake.sessions
-    # Reloading reopens the conversation that is still open, the second one.
-    second = chat.current_session()
-    chat.page.reload()
-    chat.wait_ready()
-    assert chat.current_session() == second
-    expect(chat.messages).to_have_count(2)
-    # A stored id the server no longer lists is forgotten instead of shown.
-    fake.sessions.clear()
-    chat.page.reload()
-    chat.wait_ready()
-    assert chat.current_session() is None
-    expect(chat.messages).to_have_count(0)
 
 
 def test_deleting_a_conversation(browsing: Browsing) -> None:

@@ -206,6 +206,7 @@ def site_variables(nginx: Nginx, backend_hosts: list[str], **overrides: Any) -> 
         "frontend_listen_address": LOOPBACK,
         "frontend_listen_port": nginx.port,
         "frontend_backend_hosts": backend_hosts,
+        "frontend_identity_header": "X-Autobot-User",
         "frontend_web_root": str(nginx.web_root),
         "frontend_release_manifest": str(nginx.web_root.parent / "manifest.json"),
         "frontend_access_log": str(nginx.access_log),

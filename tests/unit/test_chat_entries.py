@@ -12,11 +12,11 @@ from autobot.chat.entries import (
     ChatEntry,
     CorruptEntryError,
     InvalidSessionIdError,
+    StoredEntry,
     validate_session_id,
 )
-from autobot.chat.history import HistoryPage, StoredEntry, history_key, page_bounds
-from autobot.chat.locks import KeyedLocks
-from autobot.chat.transcripts import CorruptTranscriptError, Transcript, parse_transcript
+from autobot.chat.history import HistoryPage, history_key, page_bounds
+from autobot.chat.locks import BoundedSlots, KeyedLocks
 from autobot.chat.workflow import history_before
 from autobot.messages import Message
 
@@ -109,10 +109,14 @@ def test_page_bounds(
     assert page_bounds(total, retained, limit, before) == expected
 
 
-def test_next_before_points_at_the_oldest_returned_until_nothing_older_is_kept() -> None:
+def test_next_before_points_at_the_oldest_returned_until_the_first_message() -> None:
     entries = [StoredEntry(ChatEntry.new("user", str(i)), seq) for i, seq in enumerate((8, 9, 10))]
     assert HistoryPage(entries, total=10, retained=10).next_before == 8
-    assert HistoryPage(entries, total=10, retained=3).next_before is None
+    # Older pages than Redis keeps come from the transcript: the cursor does not stop at Redis's edge.
+    assert HistoryPage(entries, total=10, retained=3).next_before == 8
+    assert HistoryPage(entries, total=10, retained=3).oldest_retained == 8
+    first = [StoredEntry(ChatEntry.new("user", "a"), 1)]
+    assert HistoryPage(first, total=10, retained=3).next_before is None
     assert HistoryPage([], total=10, retained=10).next_before is None
 
 
@@ -163,41 +167,24 @@ async def test_keyed_locks_forget_cancelled_waiters() -> None:
     assert len(locks) == 0
 
 
-def _transcript_bytes(**overrides: object) -> bytes:
-    entry = ChatEntry.new("user", "hi")
-    doc: dict[str, object] = {
-        "session_id": "s1",
-        "created_at": "2025-01-01T00:00:00.000000Z",
-        "updated_at": "2025-01-01T00:00:00.000000Z",
-        "message_count": 1,
-        "messages": [entry.to_dict()],
-    }
-    doc.update(overrides)
-    return json.dumps(doc).encode()
+async def test_bounded_slots_admit_capacity_holders_and_time_out_the_rest() -> None:
+    slots = BoundedSlots(2)
+    release = asyncio.Event()
+    got: list[bool] = []
 
+    async def holder() -> None:
+        async with slots.hold(1.0) as slot:
+            got.append(slot)
+            await release.wait()
 
-def test_transcript_renders_the_documented_shape_and_parses_back() -> None:
-    entries = (ChatEntry.new("user", "q"), ChatEntry.new("assistant", "a"))
-    t = Transcript("s1", "c", "c").appended(entries, "u")
-    doc = json.loads(t.to_json())
-    assert list(doc) == ["session_id", "created_at", "updated_at", "message_count", "messages"]
-    assert doc["message_count"] == 2
-    assert doc["updated_at"] == "u"
-    assert parse_transcript(t.to_json(), "s1") == t
-
-
-@pytest.mark.parametrize(
-    ("raw", "why"),
-    [
-        (b"{", "not valid JSON"),
-        (b"[1]", "not an object"),
-        (_transcript_bytes(session_id="other"), "session_id"),
-        (_transcript_bytes(messages="x"), "messages must be a list"),
-        (_transcript_bytes(message_count=2), "message_count"),
-        (_transcript_bytes(created_at=None), "must be strings"),
-        (_transcript_bytes(messages=[{"role": "user"}]), "'id'"),
-    ],
-)
-def test_corrupt_transcripts_are_recognised(raw: bytes, why: str) -> None:
-    with pytest.raises(CorruptTranscriptError, match=why):
-        parse_transcript(raw, "s1")
+    holders = [asyncio.create_task(holder()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    async with slots.hold(0.05) as third:
+        assert third is False  # both slots held for longer than the wait
+    release.set()
+    await asyncio.gather(*holders)
+    assert got == [True, True]
+    async with slots.hold(0.05) as again:
+        assert again is True  # released slots are free again
+    with pytest.raises(ValueError, match="capacity"):
+        BoundedSlots(0)

@@ -18,6 +18,7 @@ from autobot.context import (
     ModelSpec,
     TokenCounter,
     TokenizerFile,
+    UnknownModelError,
     Window,
 )
 from autobot.context.tokens import MESSAGE_OVERHEAD_TOKENS, REPLY_PRIMING_TOKENS, TokenizerSpec, make_counter
@@ -142,11 +143,16 @@ def test_window_invariants_hold_for_any_conversation(
     if system_prompt:
         fixed += counter.count_message(Message("system", system_prompt))
     if fixed > spec.prompt_token_budget:
+        with pytest.raises(ContextTooLargeError):
+            manager.admit(spec.name, system_prompt, new_message)
         with pytest.raises(ContextTooLargeError) as caught:
             manager.build(spec.name, system_prompt, history, new_message)
         assert caught.value.needed_tokens == fixed
         assert caught.value.available_tokens == spec.prompt_token_budget
         return
+    # What the chat path relies on to refuse a message before storing it: `admit` decides without the
+    # history, and `build` then accepts the message whatever history comes with it.
+    assert manager.admit(spec.name, system_prompt, new_message) == fixed
     window = manager.build(spec.name, system_prompt, history, new_message)
     assert_invariants(manager, spec, system_prompt, history, new_message, window)
 
@@ -333,6 +339,18 @@ def test_unknown_model_uses_the_default() -> None:
     assert window.model.name == "qwen2.5-coder-7b-instruct"
     assert (window.model.requested_name, window.model.fell_back) == ("gpt-17", True)
     assert manager.spec("gpt-17").name == manager.spec(None).name == "qwen2.5-coder-7b-instruct"
+
+
+def test_a_named_model_must_be_registered() -> None:
+    manager = ContextWindowManager(ModelRegistry.load())
+    assert manager.resolve(None).name == manager.registry.default_name
+    assert manager.resolve("mistral:7b").name == "mistral:7b"
+    with pytest.raises(UnknownModelError) as caught:
+        manager.resolve("gpt-17")
+    assert caught.value.name == "gpt-17"
+    assert caught.value.known == manager.registry.names()
+    assert "gpt-17" in str(caught.value)
+    assert "mistral:7b" in str(caught.value)
 
 
 def test_fetch_limit() -> None:

@@ -230,6 +230,36 @@ async def test_soft_delete(manager: ConversationFileManager) -> None:
     assert (manager.files_dir / record.stored_filename).exists()  # content waits for the cleanup queue
 
 
+async def test_soft_delete_session_deletes_the_sessions_own_files_only(
+    manager: ConversationFileManager,
+) -> None:
+    own = await manager.add_file("s1", "a.txt", b"data")
+    gone = await manager.add_file("s1", "b.txt", b"more")
+    await manager.soft_delete(gone.file_id)
+    shared = await manager.add_file("s2", "shared.txt", b"shared")
+    with sqlite3.connect(manager.db_path) as conn:  # s2's file is also associated with s1 (plan schema)
+        conn.execute(
+            "INSERT INTO session_file_associations (session_id, file_id, association_type)"
+            " VALUES (?, ?, 'reference')",
+            ("s1", shared.file_id),
+        )
+    conn.close()
+    assert await manager.soft_delete_session("s1") == 1  # the one still active: a rerun changes nothing
+    assert await manager.soft_delete_session("s1") == 0
+    assert [(r.file_id, r.is_deleted) for r in await manager.list_files("s1", include_deleted=True)] == [
+        (own.file_id, True),
+        (gone.file_id, True),
+        (shared.file_id, False),
+    ]
+    deletes = rows(
+        manager, "SELECT file_id FROM file_access_log WHERE access_type = 'delete' ORDER BY log_id"
+    )
+    assert deletes == [(gone.file_id,), (own.file_id,)]
+    assert await manager.session_ids() == ["s1", "s2"]
+    with pytest.raises(InvalidArgumentError):
+        await manager.soft_delete_session("")
+
+
 async def test_list_files_is_per_session_in_upload_order(manager: ConversationFileManager) -> None:
     first = await manager.add_file("s1", "1.txt", b"1")
     await manager.add_file("s2", "other.txt", b"2")

@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
+from tests.support.ansible_plugins import load_filter_plugin
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "autobot_health", ROOT / "ansible/plugins/filter/autobot_health.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-health = _load()
+health = load_filter_plugin("autobot_health.py", "autobot_health")
 # The ports that accepted a connection on the machine (playbooks/health.yml probes each service's port).
 TCP_LISTEN = [6379, 45549, 8001]
 

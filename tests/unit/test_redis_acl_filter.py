@@ -5,31 +5,19 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from tests.support.ansible_plugins import load_filter_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "ansible" / "plugins" / "filter" / "redis_acl.py"
 SERVICE_USERS = ["main-backend", "npu-worker", "ai-stack", "browser-service"]
 
 
-def _load_plugin() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("autobot_redis_acl_filter", PLUGIN)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-acl = _load_plugin()
+acl = load_filter_plugin(PLUGIN.name, "autobot_redis_acl_filter")
 
 
 @pytest.fixture

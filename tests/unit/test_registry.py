@@ -13,6 +13,7 @@ from autobot.context import (
     ModelRegistryError,
     ModelSpec,
     TokenizerFile,
+    UnknownModelError,
 )
 from autobot.messages import Message
 
@@ -86,6 +87,16 @@ def test_unknown_model_falls_back_to_default(asked: str) -> None:
     default = registry.get(registry.default_name)
     assert spec.context_window_tokens == default.context_window_tokens
     assert default.fell_back is False
+
+
+@pytest.mark.parametrize("asked", ["gpt-4o", "", "QWEN2.5:7B"])
+def test_require_refuses_an_unknown_model_and_lists_the_known_ones(asked: str) -> None:
+    registry = ModelRegistry.load()
+    with pytest.raises(UnknownModelError) as caught:
+        registry.require(asked)
+    assert caught.value.known == registry.names()
+    assert registry.require(None) == registry.get(registry.default_name)
+    assert registry.require("phi3:mini").name == "phi3:mini"
 
 
 def test_no_model_means_default() -> None:

@@ -35,12 +35,12 @@ def test_argument_specs_agree_with_defaults(role: Path) -> None:
             if name not in defaults:
                 continue
             if option.get("required"):
-                problems.append(f"{entry_point}.{name}: has a default in defaults/main.yml but is marked required")
+                problems.append(f"{entry_point}.{name}: has a default in defaults/main.yml, yet is required")
             if (role.name, name) in DESCRIBED_NOT_COPIED:
                 continue
             if "default" in option and option["default"] != defaults[name]:
                 problems.append(
-                    f"{entry_point}.{name}: spec default {option['default']!r} != defaults/main.yml {defaults[name]!r}"
+                    f"{entry_point}.{name}: spec default {option['default']!r} != defaults {defaults[name]!r}"
                 )
     assert problems == []
 

@@ -79,7 +79,7 @@ def test_every_local_host_is_a_container_reached_on_a_loopback_port() -> None:
 
 
 def test_molecule_reaches_its_containers_on_loopback_ports() -> None:
-    config = yaml.safe_load((ROOT / "molecule/default/molecule.yml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((ROOT / ".config/molecule/config.yml").read_text(encoding="utf-8"))
     create = (ROOT / "molecule/resources/create.yml").read_text(encoding="utf-8")
     assert "'address': '127.0.0.1'" in create
     for platform in config["platforms"]:

@@ -31,6 +31,47 @@ def autobot_peers(
     return peers
 
 
+def autobot_identity(
+    services: Mapping[str, Any],
+    service_id: str,
+    groups: Mapping[str, Sequence[str]],
+    hostvars: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The `backend.identity` config section of `service_id`: the identity header its matrix entry declares
+    (`identity_header: {name, set_by}`) and, as trusted proxies, the addresses of every host of every service
+    in `set_by` (all frontend machines, not only the first: nginx may run on several). Empty without one."""
+    spec = (services.get(service_id) or {}).get("identity_header")
+    if spec is None:
+        return {}
+    where = f"{service_id}.identity_header"
+    if not isinstance(spec, Mapping) or set(spec) != {"name", "set_by"}:
+        raise AnsibleFilterError(f"{where}: expected exactly the keys 'name' and 'set_by'")
+    name, set_by = spec["name"], spec["set_by"]
+    if not isinstance(name, str) or not name:
+        raise AnsibleFilterError(f"{where}.name: expected a header name")
+    if not isinstance(set_by, Sequence) or isinstance(set_by, str) or not set_by:
+        raise AnsibleFilterError(f"{where}.set_by: expected a non-empty list of service ids")
+    proxies: list[str] = []
+    for setter in set_by:
+        if setter not in services:
+            raise AnsibleFilterError(f"{where}.set_by: {setter!r} is not a service of the matrix")
+        hosts = list(groups.get(services[setter]["group"], ()))
+        if not hosts:
+            raise AnsibleFilterError(f"{where}.set_by: group {services[setter]['group']} has no host")
+        proxies.extend(str(hostvars[host].get("autobot_address") or host) for host in hosts)
+    return {"header": name, "trusted_proxies": list(dict.fromkeys(proxies))}
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's lazy containers as plain dicts and lists. pydantic reads a list subclass through the C
+    iteration protocol, which bypasses the lazy templating and hands it unrendered items."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def autobot_config_errors(config: Mapping[str, Any], service_id: str) -> list[str]:
     """Why the service would refuse this config (empty: it accepts it), judged by the model it loads."""
     try:
@@ -42,7 +83,7 @@ def autobot_config_errors(config: Mapping[str, Any], service_id: str) -> list[st
             f"the autobot package is not importable on the controller ({exc}): make venv"
         ) from exc
     try:
-        loaded = ServiceConfig.model_validate(dict(config))
+        loaded = ServiceConfig.model_validate(_plain(config))
     except ValidationError as exc:
         return [
             f"{'.'.join(str(part) for part in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
@@ -54,4 +95,8 @@ def autobot_config_errors(config: Mapping[str, Any], service_id: str) -> list[st
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"autobot_peers": autobot_peers, "autobot_config_errors": autobot_config_errors}
+        return {
+            "autobot_peers": autobot_peers,
+            "autobot_identity": autobot_identity,
+            "autobot_config_errors": autobot_config_errors,
+        }

@@ -94,3 +94,15 @@ class ChatEntry:
         except (ValueError, UnicodeDecodeError) as exc:
             raise CorruptEntryError(f"chat entry is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An entry with its sequence number: its 1-based position in the session's whole history, the same in
+    the transcript and in Redis (pagination cursors refer to it)."""
+
+    entry: ChatEntry
+    seq: int
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {**self.entry.to_dict(), "seq": self.seq}

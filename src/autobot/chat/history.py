@@ -1,13 +1,17 @@
 """Chat history in Redis over redis.asyncio: one list per session, bounded, read by window.
 
 Layout (all keys under `chat:`, the prefix main-backend's ACL user owns):
-- `chat:history:<session_id>`: a list of JSON entries {id, role, content, ts}, oldest first.
-- `chat:meta:<session_id>`: a hash with `seq` (messages ever appended: the newest entry's 1-based sequence
-  number, which pagination cursors refer to) and `model` (the model the session last chatted with).
+- `chat:history:<session_id>`: a list of JSON entries {id, role, content, ts}, oldest first: the newest
+  `max_messages` messages of the session.
+- `chat:meta:<session_id>`: a hash with `seq` (the newest entry's sequence number in the transcript, which
+  pagination cursors refer to) and `model` (the model the session last chatted with).
 
-Appends are RPUSH + LTRIM + HINCRBY + EXPIRE in one MULTI transaction, so concurrent appends never lose a
-message (a GET/SET blob lost all but a handful of 200 in field tests) and the list never outgrows its cap.
-Window reads are `LRANGE key -N -1`: they cost the window, not the history.
+Redis is a copy: the transcript is the record, and Redis holds the newest part of it for cheap window reads.
+Every append says which sequence numbers its entries got in the transcript, and reads, in the same MULTI
+transaction, what Redis held before; if that was not exactly the transcript up to just before them (a
+write that failed, an expired or flushed key), the caller rebuilds the list from the transcript (`replace`).
+Appends are RPUSH + LTRIM + HSET + EXPIRE in one transaction, so concurrent appends never lose a message and
+the list never outgrows its cap. Window reads are `LRANGE key -N -1`: they cost the window, not the history.
 """
 
 from __future__ import annotations
@@ -20,7 +24,20 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from autobot.chat.entries import ChatEntry, CorruptEntryError, validate_session_id
+from autobot.chat.entries import ChatEntry, CorruptEntryError, StoredEntry, validate_session_id
+from autobot.redis_pool import is_pool_exhausted
+
+__all__ = [
+    "AppendResult",
+    "HistoryBusyError",
+    "HistoryPage",
+    "HistoryUnavailableError",
+    "RedisChatHistory",
+    "StoredEntry",
+    "history_key",
+    "meta_key",
+    "page_bounds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +51,10 @@ class HistoryUnavailableError(Exception):
     """Redis could not be reached or refused the command; the chat path maps this to 503."""
 
 
+class HistoryBusyError(HistoryUnavailableError):
+    """Redis is up but every pooled connection stayed in use for the pool's whole wait: busy, not down."""
+
+
 def history_key(session_id: str) -> str:
     return HISTORY_KEY_PREFIX + validate_session_id(session_id)
 
@@ -44,37 +65,31 @@ def meta_key(session_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    # The list was empty before this append: its history expired or was lost.
-    missed: bool
+    # Before this append Redis did not hold exactly the transcript up to the entry before these (a failed
+    # write, an expired or flushed key): the list must be rebuilt from the transcript.
+    diverged: bool
     # The newest entries right after the append, oldest first (empty unless a window was asked for).
     window: list[ChatEntry]
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEntry:
-    entry: ChatEntry
-    # 1-based position in the session's whole history (not only what Redis still holds).
-    seq: int
-
-    def to_dict(self) -> dict[str, str | int]:
-        return {**self.entry.to_dict(), "seq": self.seq}
-
-
-@dataclass(frozen=True, slots=True)
 class HistoryPage:
     entries: list[StoredEntry]
-    # Messages ever appended to the session, and how many Redis still holds.
+    # Messages in the session's whole history, and how many of the newest Redis holds.
     total: int
     retained: int
 
     @property
+    def oldest_retained(self) -> int:
+        """The sequence number of the oldest message Redis holds (total + 1 when it holds none)."""
+        return self.total - self.retained + 1
+
+    @property
     def next_before(self) -> int | None:
-        """Cursor for the next older page, or None when Redis holds nothing older."""
-        if not self.entries:
+        """Cursor for the next older page, or None when this page starts at the first message."""
+        if not self.entries or self.entries[0].seq <= 1:
             return None
-        oldest = self.entries[0].seq
-        oldest_retained = self.total - self.retained + 1
-        return oldest if oldest > oldest_retained else None
+        return self.entries[0].seq
 
 
 def page_bounds(total: int, retained: int, limit: int, before: int | None) -> tuple[int, int] | None:
@@ -106,6 +121,11 @@ async def _redis_errors(action: str, session_id: str) -> AsyncIterator[None]:
     try:
         yield
     except RedisError as exc:
+        if is_pool_exhausted(exc):
+            raise HistoryBusyError(
+                f"chat history store (Redis) busy while {action} for session {session_id!r}: "
+                "no pooled connection became free in time"
+            ) from exc
         raise HistoryUnavailableError(
             f"chat history store (Redis) unavailable while {action} for session {session_id!r}: "
             f"{type(exc).__name__}: {exc}"
@@ -122,22 +142,35 @@ class RedisChatHistory:
         self.max_messages = max_messages
         self.ttl_s = ttl_s
 
-    async def append(
-        self, session_id: str, entries: Sequence[ChatEntry], *, model: str | None = None, window: int = 0
-    ) -> AppendResult:
-        """Append entries atomically and, in the same transaction, read the newest `window` entries.
+    def holds(self, total: int) -> int:
+        """How many entries the list holds when it is in step with a transcript of `total` messages."""
+        return min(total, self.max_messages)
 
-        Reading in the append's transaction saves a round trip per turn and sees exactly the list as it is
-        right after this append. `missed` tells the caller the list was empty before (expired or lost), so
-        older messages should come back from the transcript (see `prepend`).
+    async def append(
+        self,
+        session_id: str,
+        entries: Sequence[ChatEntry],
+        *,
+        last_seq: int,
+        model: str | None = None,
+        window: int = 0,
+    ) -> AppendResult:
+        """Append entries, whose sequence numbers in the transcript end at `last_seq`, atomically; in the
+        same transaction read what the list held before (to tell whether it was in step with the transcript)
+        and, if asked, the newest `window` entries after the append: one round trip per turn.
         """
         if not entries:
             raise ValueError("append needs at least one entry")
+        previous = last_seq - len(entries)
+        if previous < 0:
+            raise ValueError(f"last_seq {last_seq} is smaller than the {len(entries)} entries appended")
         key, meta = history_key(session_id), meta_key(session_id)
         async with _redis_errors("appending", session_id), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hget(meta, "seq")
+            pipe.llen(key)
             pipe.rpush(key, *(e.to_json() for e in entries))
             pipe.ltrim(key, -self.max_messages, -1)
-            pipe.hincrby(meta, "seq", len(entries))
+            pipe.hset(meta, "seq", last_seq)
             if model is not None:
                 pipe.hset(meta, "model", model)
             pipe.expire(key, self.ttl_s)
@@ -145,21 +178,20 @@ class RedisChatHistory:
             if window > 0:
                 pipe.lrange(key, -window, -1)
             results = await pipe.execute()
+        held_seq, held_length = int(results[0] or 0), int(results[1])
+        diverged = held_seq != previous or held_length != self.holds(previous)
         read = _decode_entries(results[-1], key) if window > 0 else []
-        return AppendResult(missed=int(results[0]) == len(entries), window=read)
+        return AppendResult(diverged=diverged, window=read)
 
-    async def prepend(self, session_id: str, older: Sequence[ChatEntry], *, total: int) -> None:
-        """Put older entries (oldest first) in front of what the list holds, and set the message count.
-
-        Used after a miss: the newest entries were just appended, the rest come back from the transcript.
-        LPUSH of the reversed batch keeps the order without touching anything appended meanwhile.
-        """
+    async def replace(self, session_id: str, newest: Sequence[ChatEntry], *, total: int) -> None:
+        """Make the list the transcript's newest entries (oldest first) and `total` its message count: the
+        repair after a divergence. The model the session chats with is kept."""
         key, meta = history_key(session_id), meta_key(session_id)
-        batch = list(older)[-self.max_messages :]
-        async with _redis_errors("reloading", session_id), self._redis.pipeline(transaction=True) as pipe:
+        batch = list(newest)[-self.max_messages :]
+        async with _redis_errors("rebuilding", session_id), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
             if batch:
-                pipe.lpush(key, *(e.to_json() for e in reversed(batch)))
-                pipe.ltrim(key, -self.max_messages, -1)
+                pipe.rpush(key, *(e.to_json() for e in batch))
             pipe.hset(meta, "seq", total)
             pipe.expire(key, self.ttl_s)
             pipe.expire(meta, self.ttl_s)
@@ -173,6 +205,11 @@ class RedisChatHistory:
         async with _redis_errors("reading", session_id):
             raw = await self._redis.lrange(key, -count, -1)
         return _decode_entries(raw, key)
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the session's list and its meta hash (a deleted session, issue 15)."""
+        async with _redis_errors("deleting", session_id):
+            await self._redis.delete(history_key(session_id), meta_key(session_id))
 
     async def session_model(self, session_id: str) -> str | None:
         async with _redis_errors("reading", session_id):

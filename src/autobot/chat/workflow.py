@@ -1,32 +1,46 @@
 """ChatWorkflowManager: one chat turn, end to end, without blocking the event loop.
 
 Order of a turn (the order is the point):
-1. persist the user message: transcript first (durable, on disk), then Redis. If Redis is down the turn
-   fails with ChatUnavailableError (503), but what the user sent is already in the transcript.
-2. read the window's worth of history from Redis (`fetch_limit` of the model, one LRANGE, in the same
-   MULTI transaction as the append of step 1, so it costs no extra round trip), never more;
-3. build the context window for the model (its registry budgets decide what is kept);
-4. ask the LLM provider;
-5. persist the reply the same way.
-A Redis miss (expired or lost list) is detected by the append itself and refilled from the transcript.
-No message count is written here: every limit comes from the model registry.
+1. decide: the session id, a non-empty message, a known model (the default only when none is named), and a
+   message that fits the model's window with the system prompt. A refused message stores nothing anywhere.
+2. take a Redis slot (at most as many turns at work as the Redis pool has connections, each waiting a
+   bounded time): none free in time is 503 "busy", still before anything is stored;
+3. under the session's lock (this process and every other on the data directory), persist the message: the
+   transcript first (the durable record, appended and fsynced), then Redis, which in the same MULTI reports
+   whether it was in step with the transcript and returns the window's worth of history;
+   if it was not (a write that failed earlier, an expired or flushed key), it is rebuilt from the transcript;
+4. build the context window for the model (its registry budgets decide what is kept);
+5. ask the LLM provider;
+6. persist the reply the same way. Once the reply is in the transcript the turn has succeeded: if Redis
+   cannot take it (busy or down), it is left behind and rebuilt by the next turn or read of the session.
+The transcript is the truth and Redis converges to it. No message count is written here: every limit comes
+from the model registry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from autobot.chat.entries import ChatEntry, validate_session_id
-from autobot.chat.history import HistoryPage, HistoryUnavailableError, RedisChatHistory
-from autobot.chat.locks import KeyedLocks
-from autobot.chat.transcripts import TranscriptStore
+from autobot.chat.entries import ChatEntry, StoredEntry, validate_session_id
+from autobot.chat.history import (
+    HistoryBusyError,
+    HistoryPage,
+    HistoryUnavailableError,
+    RedisChatHistory,
+    page_bounds,
+)
+from autobot.chat.locks import BoundedSlots
+from autobot.chat.transcripts import AppendReceipt, SessionTranscript, TranscriptStore
 from autobot.context import ContextWindowManager, ModelSpec, Window
 from autobot.llm import LLMProvider
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -42,6 +56,15 @@ class ChatUnavailableError(Exception):
         self.session_id = session_id
         self.saved_ids = tuple(saved_ids)
         super().__init__(reason)
+
+
+class ChatBusyError(ChatUnavailableError):
+    """Redis is up but this service has as much Redis work in flight as its pool allows: retry after
+    `retry_after_s`. Refused before anything was stored (`saved_ids` is empty then)."""
+
+    def __init__(self, session_id: str, saved_ids: Sequence[str], reason: str, retry_after_s: int) -> None:
+        super().__init__(session_id, saved_ids, reason)
+        self.retry_after_s = retry_after_s
 
 
 class EmptyMessageError(ValueError):
@@ -153,7 +176,11 @@ class ChatStream:
 
 class ChatWorkflowManager:
     """Owns the chat history view, the transcripts and the provider (closed by `aclose`); not the Redis
-    client, which the service shares with its readiness check and closes itself."""
+    client, which the service shares with its readiness check and closes itself.
+
+    `redis_slots` is how many pieces of Redis work may be in flight at once (the pool's size, less what
+    others such as the readiness check need) and `busy_wait_s` how long a request waits for one before it
+    is answered "busy"; `retry_after_s` is what that answer tells the client."""
 
     def __init__(
         self,
@@ -165,6 +192,9 @@ class ChatWorkflowManager:
         history_ttl_s: int,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         max_history: int | None = None,
+        redis_slots: int = 63,
+        busy_wait_s: float = 2.0,
+        retry_after_s: int = 1,
     ) -> None:
         self.windows = windows
         self.provider = provider
@@ -172,8 +202,9 @@ class ChatWorkflowManager:
         self.system_prompt = system_prompt
         cap = history_cap(windows) if max_history is None else max_history
         self.history = RedisChatHistory(redis, max_messages=cap, ttl_s=history_ttl_s)
-        # One turn's persistence (transcript + Redis) at a time per session, so a miss refill is not raced.
-        self._persist_locks = KeyedLocks()
+        self._slots = BoundedSlots(redis_slots)
+        self._busy_wait_s = busy_wait_s
+        self._retry_after_s = retry_after_s
         self._initialized = False
 
     async def initialize(self) -> None:
@@ -207,18 +238,39 @@ class ChatWorkflowManager:
         limit: int | None = None,
         before: int | None = None,
     ) -> MessagesView:
-        """Stored messages, newest page first. By default the window's worth for the session's model (the
-        one given, else the one it last chatted with, else the default); `limit` is capped by the history
-        Redis keeps, which the registry sizes."""
+        """A page of the session's messages, oldest first within the page, ending just before sequence
+        number `before` (or at the newest). By default the window's worth for the session's model (the one
+        given, else the one it last chatted with, else the default); `limit` is capped by the history Redis
+        keeps, which the registry sizes. Pages older than what Redis holds come from the transcript, so
+        `next_before` leads back to the first message. A list behind its transcript is rebuilt first."""
         validate_session_id(session_id)
-        name = model if model is not None else await self._session_model(session_id)
-        spec = self.windows.spec(name)
-        size = self.windows.fetch_limit(spec) if limit is None else limit
-        size = max(1, min(size, self.history.max_messages))
-        page = await self._history_call(session_id, self.history.page(session_id, limit=size, before=before))
-        if page.total == 0 and before is None:
-            page = await self._refill_from_transcript(session_id, size)
+        named = self.windows.resolve(model) if model is not None else None  # unknown: refused before I/O
+        async with self._slot(session_id):
+            spec = named
+            if spec is None:
+                stored = await self._history_call(session_id, self.history.session_model(session_id))
+                spec = self._known_or_default(stored)
+            size = self.windows.fetch_limit(spec) if limit is None else limit
+            size = max(1, min(size, self.history.max_messages))
+            page = await self._history_call(
+                session_id, self.history.page(session_id, limit=size, before=before)
+            )
+            newest = await self.transcripts.newest(session_id)
+            if not _in_step(page, newest, before) and not _served_elsewhere(page, newest):
+                page = await self._rebuild_for_read(session_id, size, before)
+        wanted = page_bounds(page.total, page.total, size, before)
+        if wanted is not None and wanted[0] < page.oldest_retained:
+            older = await self.transcripts.page(session_id, *wanted)
+            page = HistoryPage(entries=older, total=page.total, retained=page.retained)
         return MessagesView(session_id=session_id, model=spec.name, limit=size, page=page)
+
+    async def delete_session(self, session_id: str) -> None:
+        """Remove the session's transcript and Redis history (issue 15), under the session's transcript lock
+        (this process and every other), so no turn writes half into a deleted session."""
+        validate_session_id(session_id)
+        async with self.transcripts.locked(session_id) as transcript:
+            await transcript.delete()
+            await self._history_call(session_id, self.history.delete(session_id))
 
     # -- the turn ---------------------------------------------------------------------------------------
 
@@ -227,13 +279,22 @@ class ChatWorkflowManager:
         validate_session_id(session_id)
         if not message.strip():
             raise EmptyMessageError("message must not be empty")
-        spec = self.windows.spec(model)
+        spec = self.windows.resolve(model)
         user = ChatEntry.new("user", message)
-        # One more than the model can use: the new message is in the list too.
-        fetched = await self._persist(
-            session_id, [user], model=None, window=self.windows.fetch_limit(spec) + 1
-        )
-        history = history_before(fetched, user.id)
+        self.windows.admit(spec, self.system_prompt, user.to_message())
+        # Decided: the message is accepted. What follows stores it, or fails without storing it.
+        window_size = self.windows.fetch_limit(spec) + 1  # one more than the model can use: the new message
+        async with self._slot(session_id), self.transcripts.locked(session_id) as transcript:
+            receipt = await transcript.append([user])
+            try:
+                fetched = await self._to_redis(transcript, [user], receipt, model=None, window=window_size)
+            except HistoryBusyError as exc:
+                raise self._busy(session_id, [user.id], str(exc)) from exc
+            except HistoryUnavailableError as exc:
+                raise ChatUnavailableError(session_id, [user.id], str(exc)) from exc
+        # System messages come only as the system prompt; with those filtered out the window cannot refuse a
+        # user message that `admit` accepted (older history is dropped until it fits).
+        history = [e for e in history_before(fetched, user.id) if e.role != "system"]
         window = self.windows.build(
             spec, self.system_prompt, [e.to_message() for e in history], user.to_message()
         )
@@ -241,11 +302,29 @@ class ChatWorkflowManager:
 
     async def _finish(self, turn: _Turn, text: str) -> ChatResult:
         reply = ChatEntry.new("assistant", text)
-        await self._persist(turn.session_id, [reply], model=turn.spec.name)
+        session_id = turn.session_id
+        # The reply is stored even without a Redis slot: the transcript is the record, Redis catches up.
+        async with (
+            self._slots.hold(self._busy_wait_s) as slot,
+            self.transcripts.locked(session_id) as transcript,
+        ):
+            receipt = await transcript.append([reply])
+            try:
+                if not slot:
+                    raise HistoryBusyError("no Redis slot became free in time")
+                await self._to_redis(transcript, [reply], receipt, model=turn.spec.name, window=0)
+            except HistoryUnavailableError as exc:
+                log.warning(
+                    "reply %s of session %r is in the transcript but not in Redis (%s); the session's "
+                    "next turn or read rebuilds it",
+                    reply.id,
+                    session_id,
+                    exc,
+                )
         window = turn.window
         history_used = len(window.messages) - 1 - (1 if self.system_prompt else 0)
         return ChatResult(
-            session_id=turn.session_id,
+            session_id=session_id,
             model=turn.spec.name,
             reply=text,
             message_id=turn.user.id,
@@ -257,45 +336,78 @@ class ChatWorkflowManager:
             provider=self.provider.name,
         )
 
-    # -- persistence ------------------------------------------------------------------------------------
+    # -- Redis, converging to the transcript ------------------------------------------------------------
 
-    async def _persist(
-        self, session_id: str, entries: Sequence[ChatEntry], *, model: str | None, window: int = 0
+    async def _to_redis(
+        self,
+        transcript: SessionTranscript,
+        entries: Sequence[ChatEntry],
+        receipt: AppendReceipt,
+        *,
+        model: str | None,
+        window: int,
     ) -> list[ChatEntry]:
-        """Transcript first, then Redis; returns the newest `window` entries as Redis holds them after."""
-        async with self._persist_locks.hold(session_id):
-            transcript = await self.transcripts.append(session_id, entries)
-            try:
-                appended = await self.history.append(session_id, entries, model=model, window=window)
-                if not appended.missed or len(transcript.messages) == len(entries):
-                    return appended.window
-                older = transcript.messages[: -len(entries)]
-                await self.history.prepend(session_id, older, total=len(transcript.messages))
-                return await self.history.window(session_id, window) if window > 0 else []
-            except HistoryUnavailableError as exc:
-                raise ChatUnavailableError(session_id, [e.id for e in entries], str(exc)) from exc
+        """Append what the transcript just took; if Redis was not in step before, rebuild it from the
+        transcript (the lock is held, so nobody appends meanwhile). Returns the newest `window` entries."""
+        session_id = transcript.session_id
+        result = await self.history.append(
+            session_id, entries, last_seq=receipt.last_seq, model=model, window=window
+        )
+        if not result.diverged:
+            return result.window
+        newest = await transcript.tail(self.history.max_messages)
+        await self.history.replace(session_id, [r.entry for r in newest], total=receipt.last_seq)
+        log.info("chat history of session %r was not in step with its transcript; rebuilt", session_id)
+        return [r.entry for r in newest[-window:]] if window > 0 else []
 
-    async def _refill_from_transcript(self, session_id: str, size: int) -> HistoryPage:
-        async with self._persist_locks.hold(session_id):
-            page = await self._history_call(session_id, self.history.page(session_id, limit=size))
-            if page.total:
-                return page  # refilled by a turn while this one waited
-            transcript = await self.transcripts.load(session_id)
-            if transcript is None or not transcript.messages:
-                return page
-            await self._history_call(
-                session_id,
-                self.history.prepend(session_id, transcript.messages, total=len(transcript.messages)),
+    async def _rebuild_for_read(self, session_id: str, size: int, before: int | None) -> HistoryPage:
+        async with self.transcripts.locked(session_id) as transcript:
+            page = await self._history_call(
+                session_id, self.history.page(session_id, limit=size, before=before)
             )
-            return await self._history_call(session_id, self.history.page(session_id, limit=size))
+            newest = await transcript.tail(self.history.max_messages)
+            if _in_step(page, newest[-1] if newest else None, before) or _served_elsewhere(
+                page, newest[-1] if newest else None
+            ):
+                return page  # a turn brought it in step while this read waited for the lock
+            total = newest[-1].seq if newest else 0
+            await self._history_call(
+                session_id, self.history.replace(session_id, [r.entry for r in newest], total=total)
+            )
+            log.info("chat history of session %r was behind its transcript; rebuilt on read", session_id)
+            return await self._history_call(
+                session_id, self.history.page(session_id, limit=size, before=before)
+            )
 
-    async def _session_model(self, session_id: str) -> str | None:
-        return await self._history_call(session_id, self.history.session_model(session_id))
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, session_id: str) -> AsyncIterator[None]:
+        """Hold a Redis slot; none free in time is ChatBusyError (before anything was stored)."""
+        async with self._slots.hold(self._busy_wait_s) as slot:
+            if not slot:
+                raise self._busy(
+                    session_id,
+                    (),
+                    f"{self._slots.capacity} requests are already using the chat history "
+                    f"store and none finished within {self._busy_wait_s:g} s",
+                )
+            yield
+
+    def _busy(self, session_id: str, saved: Sequence[str], reason: str) -> ChatBusyError:
+        return ChatBusyError(session_id, saved, reason, self._retry_after_s)
+
+    def _known_or_default(self, stored: str | None) -> ModelSpec:
+        """The model a session last chatted with, if the registry still has it; else the default."""
+        return self.windows.resolve(stored if stored in self.windows.registry else None)
 
     async def _history_call(self, session_id: str, call: Awaitable[T]) -> T:
-        """Await a read-side history call; Redis trouble becomes ChatUnavailableError (nothing was saved)."""
+        """Await a read-side history call; Redis trouble becomes ChatBusyError or ChatUnavailableError
+        (nothing was saved)."""
         try:
             result = await call
+        except HistoryBusyError as exc:
+            raise self._busy(session_id, [], str(exc)) from exc
         except HistoryUnavailableError as exc:
             raise ChatUnavailableError(session_id, [], str(exc)) from exc
         return result
@@ -303,3 +415,22 @@ class ChatWorkflowManager:
     def _require_initialized(self) -> None:
         if not self._initialized:
             raise RuntimeError("call 'await ChatWorkflowManager.initialize()' before use")
+
+
+def _served_elsewhere(page: HistoryPage, newest: StoredEntry | None) -> bool:
+    """Redis holds more of the session than this machine's transcript: another main-backend served it (nginx
+    keeps an identity on one machine; a machine added or lost moves some). Its transcript is the record
+    there, so Redis is never cut back to this machine's shorter one."""
+    return page.total > (newest.seq if newest is not None else 0)
+
+
+def _in_step(page: HistoryPage, newest: StoredEntry | None, before: int | None) -> bool:
+    """Whether a Redis page agrees with the transcript's newest record: same message count and, when the
+    page ends at the newest message, the same newest message."""
+    total = newest.seq if newest is not None else 0
+    if page.total != total:
+        return False
+    if before is not None:
+        return True
+    held = page.entries[-1].entry.id if page.entries else None
+    return held == (newest.entry.id if newest is not None else None)

@@ -16,6 +16,7 @@ _COMMANDS: dict[str, str] = {
     "keys": "autobot.cli.keys:keys",
     "ops": "autobot.cli.ops:ops",
     "serve": "autobot.cli.serve:serve",
+    "sessions": "autobot.cli.sessions:sessions",
 }
 
 
@@ -36,4 +37,4 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup)
 @click.version_option(package_name="autobot")
 def main() -> None:
-    """Operate the AutoBot services: database, service keys, serving, the cluster."""
+    """Operate the AutoBot services: database, service keys, serving, conversations, the cluster."""

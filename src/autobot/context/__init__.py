@@ -1,6 +1,6 @@
 """Model-aware context windows: the model registry, token counters and the window builder."""
 
-from autobot.context.registry import ModelRegistry, ModelRegistryError, ModelSpec
+from autobot.context.registry import ModelRegistry, ModelRegistryError, ModelSpec, UnknownModelError
 from autobot.context.tokens import (
     HeuristicCounter,
     HeuristicTokenizer,
@@ -24,6 +24,7 @@ __all__ = [
     "TokenizerFile",
     "TokenizerFileCounter",
     "TokenizerLoadError",
+    "UnknownModelError",
     "Window",
     "make_counter",
 ]

@@ -28,6 +28,16 @@ class ModelRegistryError(ValueError):
     """A registry file is unreadable or invalid; the message names the file and the model."""
 
 
+class UnknownModelError(LookupError):
+    """A request named a model the registry does not hold. `known` lists the registered names, so the
+    caller can pick one; nothing is ever answered by another model in its place."""
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown model {name!r}; known models: {', '.join(known)}")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model's limits. `name` is the id sent to the LLM runtime."""
@@ -248,8 +258,20 @@ class ModelRegistry:
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._models[name] for name in self.names())
 
+    def require(self, name: str | None) -> ModelSpec:
+        """The spec for `name`, the default when no name is given; an unknown name raises UnknownModelError.
+
+        What main-backend uses: a user who names a model gets that model or a clear refusal."""
+        if name is None:
+            return self._models[self._default]
+        spec = self._models.get(name)
+        if spec is None:
+            raise UnknownModelError(name, self.names())
+        return spec
+
     def get(self, name: str | None) -> ModelSpec:
-        """The spec for `name`; the default for None or an unknown name, marked `fell_back=True`."""
+        """The spec for `name`; the default for None or an unknown name, marked `fell_back=True` (ai-stack
+        reports both in its answer, so its fallback is visible to the caller)."""
         spec = self._models.get(name) if name is not None else None
         if spec is not None:
             return spec

@@ -144,6 +144,10 @@ class ContextWindowManager:
         """The spec for a model name (the default for None or unknown names), or `model` itself."""
         return model if isinstance(model, ModelSpec) else self.registry.get(model)
 
+    def resolve(self, model: str | None) -> ModelSpec:
+        """The spec for a model a user named: the default for None, UnknownModelError for an unknown name."""
+        return self.registry.require(model)
+
     def counter(self, model: str | ModelSpec | None) -> TokenCounter:
         tokenizer = self.spec(model).tokenizer
         counter = self._counters.get(tokenizer)
@@ -159,6 +163,24 @@ class ContextWindowManager:
         reads `LRANGE key -0 -1` as the whole list."""
         spec = self.spec(model)
         return min(spec.message_limit, spec.history_token_budget // MESSAGE_OVERHEAD_TOKENS)
+
+    def admit(self, model: str | ModelSpec | None, system_prompt: str | None, new_message: Message) -> int:
+        """Decide, before anything is stored, whether `new_message` can be answered by the model at all;
+        returns the tokens every window for it costs (system prompt, the message, the reply header).
+
+        A user message that passes is never refused by `build` for its history: history is dropped oldest
+        first until it fits, possibly down to nothing. Raises ContextTooLargeError, or ValueError for a
+        system message."""
+        spec = self.spec(model)
+        counter = self.counter(spec)
+        if new_message.role == "system":
+            raise ValueError("the new message cannot be a system message; pass it as system_prompt")
+        system_tokens = counter.count_message(Message("system", system_prompt)) if system_prompt else 0
+        new_tokens = counter.count_message(new_message)
+        fixed = REPLY_PRIMING_TOKENS + system_tokens + new_tokens
+        if fixed > spec.prompt_token_budget:
+            raise _fixed_part_error(spec, system_tokens, new_tokens)
+        return fixed
 
     def build(
         self,
@@ -178,13 +200,8 @@ class ContextWindowManager:
         spec = self.spec(model)
         counter = self.counter(spec)
         _check_roles(history, new_message)
-
+        fixed = self.admit(spec, system_prompt, new_message)
         system = (Message("system", system_prompt),) if system_prompt else ()
-        system_tokens = sum(counter.count_message(m) for m in system)
-        new_tokens = counter.count_message(new_message)
-        fixed = REPLY_PRIMING_TOKENS + system_tokens + new_tokens
-        if fixed > spec.prompt_token_budget:
-            raise _fixed_part_error(spec, system_tokens, new_tokens)
 
         history_room = min(spec.history_token_budget, spec.prompt_token_budget - fixed)
         fits_from, costs = _suffix_start(

@@ -160,6 +160,21 @@ class ConversationFileManager:
         validate_optional_identifier(deleted_by, "deleted_by")
         return await self._run(self._soft_delete_sync, file_id, deleted_by)
 
+    async def soft_delete_session(self, session_id: str, deleted_by: str | None = None) -> int:
+        """Soft-delete every active file the session uploaded, in one transaction; returns how many.
+
+        Files only associated with the session (uploaded by another) are left alone: they are not its own.
+        """
+        self._require_initialized()
+        validate_identifier(session_id, "session_id")
+        validate_optional_identifier(deleted_by, "deleted_by")
+        return await self._run(self._soft_delete_session_sync, session_id, deleted_by)
+
+    async def session_ids(self) -> list[str]:
+        """Every session id any file row names (deleted files included), sorted."""
+        self._require_initialized()
+        return await self._run(self._session_ids_sync)
+
     async def session_summary(self, session_id: str) -> SessionSummary:
         """Active files of the session: count, total size, first and last added (zeros if none)."""
         self._require_initialized()
@@ -324,6 +339,30 @@ class ConversationFileManager:
                 return False
             self._log_access(conn, file_id, "delete", deleted_by, None)
         return True
+
+    def _soft_delete_session_sync(self, session_id: str, deleted_by: str | None) -> int:
+        with self._transaction() as conn:
+            file_ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT file_id FROM conversation_files WHERE session_id = ? AND is_deleted = 0",
+                    (session_id,),
+                )
+            ]
+            conn.executemany(
+                "UPDATE conversation_files SET is_deleted = 1 WHERE file_id = ?", [(f,) for f in file_ids]
+            )
+            for file_id in file_ids:
+                self._log_access(conn, file_id, "delete", deleted_by, {"reason": "session deleted"})
+        return len(file_ids)
+
+    def _session_ids_sync(self) -> list[str]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT session_id FROM conversation_files UNION"
+                " SELECT session_id FROM session_file_associations ORDER BY 1"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def _session_summary_sync(self, session_id: str) -> SessionSummary:
         with self._connection() as conn:

@@ -175,7 +175,7 @@ class App {
       this.sessionList.append(el("li", { class: "session", attrs: { "data-session-id": id } }, open, remove));
     }
     this.sessionsEmpty.hidden = sessions.length > 0;
-    if (current && !sessions.some((s) => s.session_id === current) && !this.sessions.legacy) {
+    if (current && !sessions.some((s) => s.session_id === current)) {
       // Deleted elsewhere, or not ours: forget it rather than show a conversation we cannot read.
       this.sessions.currentId = null;
       if (this.messages.count > 0) await this.open(null);
@@ -329,7 +329,6 @@ class App {
           const usage = contextUsage(data, this.models.get(data.model));
           reply.finish(data, { ...usage, answeredBy: answeredBy(data) });
           this.setMeter(usage);
-          this.sessions.noteMessage(sessionId, text);
         } else if (event === "error") {
           finished = true;
           this.streamError(data, reply);

@@ -1,7 +1,7 @@
 """`create_app(config)`: the main-backend app. Nothing touches Redis, SQLite or the disk until the lifespan
-starts; then it opens the Redis client (autobot.redis_pool), initialises the file store (schema created on
-first start), the transcripts directory, the LLM provider and the chat workflow, and closes them again on
-shutdown.
+starts; then it resolves the trusted proxies, opens the Redis client (autobot.redis_pool), initialises the
+file store (schema created on first start), the transcripts directory, the LLM provider, the chat workflow
+and the session registry, and closes them again on shutdown.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ from autobot.middleware.body_size_limit import BodyLimit, route_body_limits
 from autobot.services.http.app import add_routers, service_app
 from autobot.services.http.health import Readiness, ReadinessCheck
 from autobot.services.http.lifespan import open_redis
-from autobot.services.main_backend import chat, files, tools
+from autobot.services.main_backend import chat, files, sessions, tools
 from autobot.services.main_backend.chat import MAX_MESSAGE_CHARS
 from autobot.services.main_backend.errors import install_domain_errors
+from autobot.services.main_backend.identity import IdentityPolicy
 from autobot.services.main_backend.models import models_router
 from autobot.services.main_backend.state import SERVICE_ID, BackendState
+from autobot.sessions import SessionRegistry
 from autobot.storage import ConversationFileManager
 
 # JSON may escape every character as \uXXXX (6 bytes), plus room for the other fields.
@@ -75,6 +77,8 @@ def create_app(
     readiness = Readiness()
 
     async def setup(app: FastAPI, stack: contextlib.AsyncExitStack) -> None:
+        # Trusted proxies named by host are resolved once, now: a name that does not resolve fails the start.
+        identity = await IdentityPolicy.from_config(backend.identity)
         redis = open_redis(config.redis, stack, readiness)
         file_store = ConversationFileManager.from_config(backend)
         await file_store.initialize()
@@ -87,10 +91,25 @@ def create_app(
             ),
             transcripts=TranscriptStore(backend.transcripts_dir),
             history_ttl_s=backend.history_ttl_s,
+            # Chat never drains the pool: one connection stays free for the readiness check, so a busy
+            # backend is answered "busy" and still reports ready. Waiting longer than the pool would is
+            # pointless.
+            redis_slots=max(1, config.redis.max_connections - 1),
+            busy_wait_s=config.redis.pool_timeout_s,
         )
         stack.push_async_callback(workflow.aclose)
         await workflow.initialize()
-        app.state.backend = BackendState(redis=redis, files=file_store, chat=workflow, windows=windows)
+        registry = SessionRegistry(redis, backend.transcripts_dir)
+        await registry.initialize()
+        app.state.backend = BackendState(
+            redis=redis,
+            files=file_store,
+            chat=workflow,
+            windows=windows,
+            sessions=registry,
+            identity=identity,
+            stream_heartbeat_s=backend.stream_heartbeat_s,
+        )
         stack.callback(delattr, app.state, "backend")
         if config.security is not None and config.peers:
             # The signed client of the tool routes (npu-worker, browser-service); pooled, closed on shutdown.
@@ -105,5 +124,5 @@ def create_app(
         SERVICE_ID, setup, readiness, body_limit=_body_limit(backend.max_upload_bytes), expose_docs=False
     )
     install_domain_errors(app)
-    add_routers(app, chat.router, files.router, models_router(windows), tools.router)
+    add_routers(app, sessions.router, chat.router, files.router, models_router(windows), tools.router)
     return app

@@ -1,4 +1,7 @@
-"""The conversation-file routes: upload, list, download, delete, a session's summary, the store's stats."""
+"""The conversation-file routes: upload, list, download, delete, a session's summary, the store's stats.
+
+A session's routes accept only a session issued to the caller (404 otherwise, issue 15).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from autobot.services.main_backend.state import BackendState, SessionId, State
+from autobot.services.main_backend.state import BackendState, OwnedSessionId, State
 from autobot.storage import FileRecord, FileTooLargeError, UnknownFileError
 
 MAX_FILE_ID_CHARS = 64
@@ -36,7 +39,7 @@ async def _session_file(state: BackendState, session_id: str, file_id: str) -> F
 
 @router.post("/api/sessions/{session_id}/files", status_code=201, name=UPLOAD_ROUTE)
 async def upload(
-    session_id: SessionId,
+    session_id: OwnedSessionId,
     state: State,
     file: Annotated[UploadFile, File(description="the file's content")],
     uploaded_by: Annotated[str | None, Form(max_length=255)] = None,
@@ -60,13 +63,13 @@ async def upload(
 
 
 @router.get("/api/sessions/{session_id}/files")
-async def list_files(session_id: SessionId, state: State) -> dict[str, Any]:
+async def list_files(session_id: OwnedSessionId, state: State) -> dict[str, Any]:
     records = await state.files.list_files(session_id)
     return {"session_id": session_id, "files": [r.to_dict() for r in records]}
 
 
 @router.get("/api/sessions/{session_id}/files/{file_id}")
-async def download(session_id: SessionId, file_id: str, state: State) -> Response:
+async def download(session_id: OwnedSessionId, file_id: str, state: State) -> Response:
     record = await _session_file(state, session_id, file_id)
     content = await state.files.read_content(record.file_id)
     headers = {
@@ -79,14 +82,14 @@ async def download(session_id: SessionId, file_id: str, state: State) -> Respons
 
 
 @router.delete("/api/sessions/{session_id}/files/{file_id}")
-async def delete(session_id: SessionId, file_id: str, state: State) -> dict[str, Any]:
+async def delete(session_id: OwnedSessionId, file_id: str, state: State) -> dict[str, Any]:
     record = await _session_file(state, session_id, file_id)
     changed = await state.files.soft_delete(record.file_id)
     return {"file_id": record.file_id, "deleted": True, "already_deleted": not changed}
 
 
 @router.get("/api/sessions/{session_id}/files-summary")
-async def files_summary(session_id: SessionId, state: State) -> dict[str, Any]:
+async def files_summary(session_id: OwnedSessionId, state: State) -> dict[str, Any]:
     return (await state.files.session_summary(session_id)).to_dict()
 
 
