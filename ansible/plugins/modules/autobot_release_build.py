@@ -13,7 +13,7 @@ description:
     platform (whatever the controller's is), plus the project's own wheel, built reproducibly. It is packed in
     one deterministic tar file whose name carries the hash of its content.
   - The web UI bundle is the static UI directory, packed the same way.
-  - Dependencies are downloaded once per lock file, the project wheel once per source tree: a run with nothing
+  - Dependencies are downloaded once per lock file, the project wheel once per source tree; a run with nothing
     new builds nothing and reports no change.
 options:
   project_dir:
