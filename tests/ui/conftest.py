@@ -3,7 +3,9 @@ template), the target the browser tests drive, and a real headless Chromium (Deb
 
 Target: the local stack by default. With AUTOBOT_UI_BASE_URL set, the browser tests drive that URL instead
 (e.g. the local cluster's frontend on http://127.0.0.1:5173) and the nginx tests, which need the rendered
-config and its logs, skip. Screenshots go to AUTOBOT_UI_ARTIFACTS (default tests/ui/artifacts/).
+config and its logs, skip. AUTOBOT_UI_BACKEND_INVENTORY (e.g. inventory/local, or Molecule's) lets the outage
+test stop and start main-backend's units on that cluster, through Ansible, as an operator would.
+Screenshots go to AUTOBOT_UI_ARTIFACTS (default tests/ui/artifacts/).
 
 Missing chromium, nginx or playwright skips the tests with the install hint, except under CI (env CI set),
 where it is a failure (ui_stack.require).
@@ -12,6 +14,7 @@ where it is a failure (ui_stack.require).
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,14 +36,35 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1280, "height": 800}
 
 
+class ClusterBackend:
+    """main-backend on a deployed cluster: its socket and service units stopped and started through Ansible
+    (the socket too, so the frontend's nginx gets "connection refused", as with a machine that is down)."""
+
+    def __init__(self, inventory: str, host: str = "autobot-main-backend") -> None:
+        self.inventory, self.host = inventory, host
+
+    def _units(self, state: str) -> None:
+        for unit in ("autobot-main-backend.socket", "autobot-main-backend.service"):
+            subprocess.run(
+                ["ansible", "-i", self.inventory, self.host, "-b", "-m", "ansible.builtin.systemd_service",
+                 "-a", f"name={unit} state={state}"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        self._units("stopped")
+
+    def start(self) -> None:
+        self._units("started")
+
+
 def deployed_target() -> UiTarget | None:
-    """The target named by the environment, if any (AUTOBOT_UI_BASE_URL)."""
+    """The target named by the environment, if any (AUTOBOT_UI_BASE_URL, AUTOBOT_UI_BACKEND_INVENTORY)."""
     base_url = os.environ.get("AUTOBOT_UI_BASE_URL", "").strip()
     if not base_url:
         return None
-    # A BackendControl for the deployed cluster (stop/start main-backend's unit) plugs in here; without
-    # one the outage test skips.
-    return UiTarget(base_url=base_url.rstrip("/"), backend=None)
+    inventory = os.environ.get("AUTOBOT_UI_BACKEND_INVENTORY", "").strip()
+    return UiTarget(base_url=base_url.rstrip("/"), backend=ClusterBackend(inventory) if inventory else None)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The project's Ansible modules document themselves in YAML that parses (ansible-doc and ansible-lint read it)."""
+"""The project's Ansible modules document themselves in YAML that parses (ansible-doc, ansible-lint)."""
 
 from __future__ import annotations
 

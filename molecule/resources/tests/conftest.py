@@ -117,8 +117,8 @@ RESULTS_DIR = REPO / ".autobot" / "test-results"
 
 
 class Traffic:
-    """molecule/resources/traffic/traffic.py running ON a cluster machine (a transient systemd unit), bounded in
-    time and count; `wait` returns its JSON results."""
+    """molecule/resources/traffic/traffic.py running ON a cluster machine (a transient systemd unit),
+    bounded in time and count; `wait` returns its JSON results."""
 
     def __init__(self, host: Any, name: str, mode: str, target: str, *, duration: float, count: int = 20000,
                  users: int = 4, pause: float = 0.05) -> None:  # fmt: skip
@@ -134,7 +134,9 @@ class Traffic:
         import shlex
 
         encoded = base64.b64encode(TRAFFIC_SCRIPT.read_bytes()).decode()
-        self.host.check_output(f"echo {encoded} | base64 -d > /var/tmp/autobot-traffic.py && rm -f {self.out}")
+        self.host.check_output(
+            f"echo {encoded} | base64 -d > /var/tmp/autobot-traffic.py && rm -f {self.out}"
+        )
         self.host.check_output(
             f"systemd-run --unit={self.unit} --collect --property=RuntimeMaxSec={self.limit} "
             f"/usr/bin/python3 /var/tmp/autobot-traffic.py {shlex.join(self.args)}"

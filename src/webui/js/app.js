@@ -106,11 +106,9 @@ class App {
     try {
       const response = await fetch("release.json", { cache: "no-store" });
       if (!response.ok) return;
-      const { id, commit } = await response.json();
-      const parts = [];
-      if (id) parts.push(`Release ${id}`);
-      if (commit) parts.push(`commit ${String(commit).slice(0, 12)}`);
-      byId("release").textContent = parts.join(" · ");
+      // The id already ends with the short commit (UTC time + commit).
+      const { id } = await response.json();
+      if (id) byId("release").textContent = `Release ${id}`;
     } catch {
       // No release information is shown when the file is missing or unreadable.
     }

@@ -43,17 +43,23 @@ def _phase(host: Any, service: str) -> str:
 
 
 def _legit(machine: Any, name: str, duration: float) -> Traffic:
-    return Traffic(machine(BACKEND), name, "legit", LEGIT_TARGET, duration=duration, users=4, pause=0.05).start()
+    return Traffic(
+        machine(BACKEND), name, "legit", LEGIT_TARGET, duration=duration, users=4, pause=0.05
+    ).start()
 
 
 def _rogue(machine: Any, name: str, count: int) -> Traffic:
-    return Traffic(machine(ROGUE_HOST), name, "rogue", ROGUE_TARGET, duration=60, count=count, pause=0.2).start()
+    return Traffic(
+        machine(ROGUE_HOST), name, "rogue", ROGUE_TARGET, duration=60, count=count, pause=0.2
+    ).start()
 
 
 def test_logging_phase_passes_everything_and_the_gate_names_the_rogue(machine: Any) -> None:
     same = run_playbook("deploy-service-auth.yml", "-e", "middleware_file=service_auth_logging.py")
     assert same.returncode == 0, _text(same)[-3000:]
-    assert all(counts["changed"] == 0 for counts in recap(same.stdout).values()), "the phase was already logging"
+    assert all(counts["changed"] == 0 for counts in recap(same.stdout).values()), (
+        "the phase was already logging"
+    )
 
     legit, rogue = _legit(machine, "logging", 40), _rogue(machine, "logging-rogue", 30)
     rogue_result, legit_result = rogue.wait(), legit.wait()
@@ -72,7 +78,10 @@ def test_logging_phase_passes_everything_and_the_gate_names_the_rogue(machine: A
     report = sorted((REPO / ".autobot" / "gate").glob("*-gate.json"))[-1]
     data = json.loads(report.read_text())
     assert not data["passed"]
-    assert {row["reasons"][0].split(":")[0] for row in data["would_deny"]} >= {"missing_header", "bad_signature"}
+    assert {row["reasons"][0].split(":")[0] for row in data["would_deny"]} >= {
+        "missing_header",
+        "bad_signature",
+    }
     _save("gate-refused", data)
 
 
@@ -84,7 +93,8 @@ def test_a_fresh_window_without_the_rogue_passes_the_gate(machine: Any) -> None:
     assert gate.returncode == 0, _text(gate)[-3000:]
     assert "gate PASSED" in gate.stdout
     report = json.loads(sorted((REPO / ".autobot" / "gate").glob("*-gate.json"))[-1].read_text())
-    assert report["passed"] and not report["would_deny"]
+    assert report["passed"]
+    assert not report["would_deny"]
     assert {row["callee"] for row in report["rows"]} >= {"ai-stack", "npu-worker", "browser-service"}
     _save("gate-passed", report)
 
@@ -101,7 +111,10 @@ def test_enforcement_under_live_traffic_refuses_only_the_rogue(machine: Any) -> 
         service = name.removeprefix("autobot-")
         assert _phase(machine(name), service) == "enforcement"
         # The plan's check: the entry file names the enforcement middleware.
-        assert machine(name).run(f"grep -l ServiceAuthEnforcementMiddleware /etc/autobot/{service}/asgi.py").rc == 0
+        assert (
+            machine(name).run(f"grep -l ServiceAuthEnforcementMiddleware /etc/autobot/{service}/asgi.py").rc
+            == 0
+        )
     rogue = _rogue(machine, "enforcement-rogue", 20).wait()
     time.sleep(5)
     legit.stop()
