@@ -1,4 +1,4 @@
-"""Turn what a machine reports (listening ports, units, health answers) into the health of its services."""
+"""Turn what a machine reports of its services (its local fact) into their health."""
 
 from __future__ import annotations
 
@@ -7,31 +7,30 @@ from typing import Any
 
 
 def autobot_service_health(
-    host_services: Sequence[Mapping[str, Any]],
-    open_ports: Sequence[int],
-    units: Mapping[str, Mapping[str, Any]],
-    answers: Mapping[str, int] | None = None,
+    host_services: Sequence[Mapping[str, Any]], observed: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, str]:
     """service id -> listening | down | not deployed.
 
-    - not deployed: the machine has no unit of that name (ansible.builtin.service_facts' `services`);
-    - listening: its unit runs, its port accepts connections (`open_ports`) and, if the matrix names a health
-      route, it answered 200 (`answers`: service id -> HTTP status, 0 when nothing answered);
+    `observed` is the machine's report (roles/common templates/autobot.fact.j2, `services`): per service its
+    unit `loaded` and `active`, `port_open`, and `health_status` (the HTTP status of the matrix's health route,
+    0 when nothing answered, None when the matrix names none).
+    - not deployed: the machine has no such unit (or reported nothing for it);
+    - listening: the unit runs, the port accepts connections and the health route, if any, answered 200;
     - down: deployed, but one of those is not so.
     `host_services` are dict2items entries of the matrix.
     """
-    ports = {int(port) for port in open_ports}
-    answers = answers or {}
     health: dict[str, str] = {}
     for service in host_services:
-        service_id, spec = service["key"], service["value"]
-        unit = units.get(f"{spec['unit']}.service")
-        if unit is None or unit.get("status") == "not-found":
+        service_id = service["key"]
+        seen = observed.get(service_id) or {}
+        if not seen.get("loaded"):
             health[service_id] = "not deployed"
             continue
-        running = unit.get("state") == "running"
-        answered = answers.get(service_id, 200) == 200 if spec.get("health") else True
-        health[service_id] = "listening" if running and int(spec["port"]) in ports and answered else "down"
+        answered = seen.get("health_status") in (None, 200) if not service["value"].get("health") else (
+            seen.get("health_status") == 200
+        )
+        up = bool(seen.get("active")) and bool(seen.get("port_open")) and answered
+        health[service_id] = "listening" if up else "down"
     return health
 
 
