@@ -69,6 +69,8 @@ def ansible_verbose_converge() -> str:
         check=False,
         cwd=REPO,
         timeout=900,
+        # Plain text: Molecule forces colour, which would split the recap's counters with escape codes.
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -91,6 +93,7 @@ def run_playbook(name: str, *args: str, timeout: int = 900) -> subprocess.Comple
         check=False,
         cwd=REPO,
         timeout=timeout,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
     )
     print(f"ansible-playbook {name} {' '.join(args)} -> rc {result.returncode}")
     return result

@@ -105,12 +105,21 @@ def test_a_chat_on_main_backend_is_answered_through_ai_stack(host: Any, services
     service_id, spec = _needs(host, services, "python")
     if service_id != "main-backend":
         pytest.skip("the chat enters the cluster on main-backend")
-    body = json.dumps({"message": "hello from molecule verify", "session_id": "molecule-verify"})
-    url = f"http://127.0.0.1:{spec['port']}/api/chat"
-    out = host.check_output(f"curl -sf -X POST {url} -H 'content-type: application/json' -d '{body}'")
-    reply = json.loads(out)
+    base = f"http://127.0.0.1:{spec['port']}"
+    jar = "/run/molecule-verify.cookies"
+    curl = f"curl -sf -b {jar} -c {jar} -H 'content-type: application/json'"
+    session = json.loads(host.check_output(f"{curl} -X POST {base}/api/chat/sessions -d '{{}}'"))[
+        "session_id"
+    ]
+    body = json.dumps({"message": "hello from molecule verify", "session_id": session})
+    reply = json.loads(host.check_output(f"{curl} -X POST {base}/api/chat -d '{body}'"))
     assert reply["provider"] == "ai-stack"
     assert "hello from molecule verify" in reply["reply"]
+    # The session is this client's: another client (no cookie) gets 404.
+    stranger = host.run(
+        f"curl -s -o /dev/null -w '%{{http_code}}' {base}/api/chat/sessions/{session}/messages"
+    )
+    assert stranger.stdout == "404"
 
 
 def test_ai_stack_audited_main_backends_signed_call(
