@@ -263,7 +263,8 @@ async def test_enforcement_does_not_start_without_keys_but_logging_does(
 async def test_body_limit(
     phase: Phase, tmp_path: Path, keyrings: dict[str, Keyring], redis_client: Redis
 ) -> None:
-    """Over the limit: enforcement answers 413; logging still hands the app the whole body, in order."""
+    """Over the route's limit (the matrix gives npu-worker's /api/process 2 MiB): enforcement answers 413;
+    logging still hands the app the whole body, in order."""
     audit = AuditLog.open(tmp_path / "audit.log")
     cls = ServiceAuthEnforcementMiddleware if phase == "enforcement" else ServiceAuthLoggingMiddleware
     inner = auth_apps.create_app(ServiceConfig(service_id="npu-worker", listen=ListenConfig(port=1)))
@@ -274,9 +275,8 @@ async def test_body_limit(
         matrix=Matrix.load(MATRIX_FILE, "npu-worker"),
         redis=redis_client,
         audit=audit,
-        max_body_bytes=1024,
     )
-    big = bytes(range(256)) * 800  # 200 KiB, arrives in several chunks
+    big = bytes(range(256)) * 12 * 1024  # 3 MiB, arrives in several chunks
     try:
         async with serving(app) as base_url, _client(keyrings, "main-backend", base_url) as main:
             small = await main.post("npu-worker", "/api/process", content=b"x" * 1024)

@@ -1,9 +1,18 @@
 """Verification of one request, from the raw bytes received; the one function both middlewares use.
 
-Order (docs/architecture.md, "Verification"): path safety -> public route? -> headers present and
-well-formed -> caller known and keyid belongs to it -> algorithm -> `created` within +-skew -> digest matches
-body -> HMAC (constant time) -> nonce unseen (Redis, only after the MAC verified) -> matrix grant. Failures up
-to the nonce are 401, the matrix is 403, an unreachable replay store is 503 (fail closed).
+Two steps, so that nothing a stranger sends costs more than its headers (docs/architecture.md,
+"Verification"):
+
+- `verify_head`, pure, from the request line and headers alone: path safety -> public route? -> header
+  sizes -> headers present and well-formed -> caller known and keyid belongs to it -> algorithm -> `created`
+  within +-skew -> HMAC (constant time; the signature covers the Content-Digest *header*, so it needs no body)
+  -> the matrix grants the route (which also gives the route's body limit).
+- `verify_body`, once the body is read (at most that limit): size -> digest matches the body -> nonce unseen
+  (Redis; only now, so neither strangers nor bodies that fail their digest reach the store).
+
+`verify_request` runs both on a request whose body is already at hand. Failures are 401 (unsafe path or not
+authenticated), 403 (not granted), 413 (body over the route's limit), 431 (headers too large), 503 (the
+replay store cannot answer within `replay_timeout_s`: fail closed).
 
 Unsafe paths are refused with 401 on every route, public ones included: the path check runs before anything
 else, so no route can be reached through `..`, `//` or encoded separators.
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from http_sfv.dictionary import Dictionary
 from http_sfv.item import InnerList, Item, Parameters
 
+from autobot.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES
 from autobot.security import decision as reasons
 from autobot.security.canonical import (
     ALGORITHM,
@@ -46,7 +56,8 @@ from autobot.security.signing import mac_matches
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _PARAMS = frozenset({"created", "nonce", "keyid", "alg"})
 _WANTED_HEADERS = (b"x-service-id", b"content-digest", b"signature-input", b"signature")
-_MAX_HEADER_BYTES = 4096
+# One signature header (its field lines combined): ours are under 300 bytes; anything this long is not one.
+_MAX_SIGNATURE_HEADER_BYTES = 1024
 _HASH_BYTES = 32
 # Bodies from this size on are hashed off the event loop (a thread hop costs less than hashing them).
 _THREAD_DIGEST_BYTES = 256 * 1024
@@ -71,6 +82,12 @@ class VerifyContext:
     nonces: NonceChecker
     algorithm: str = ALGORITHM
     clock_skew_s: int = 300
+    # Body limit of a granted route whose grant names no `max_body_bytes`.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # All header lines of a service-route request together (names and values).
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    # How long a request waits for the replay store; None waits as long as the store takes.
+    replay_timeout_s: float | None = None
 
     def route_kind(self, method: str, raw_path: bytes) -> RouteKind:
         return "public" if self.matrix.is_public(method, raw_path.decode("latin-1")) else "service"
@@ -120,12 +137,16 @@ class _Claim:
     keyid: str | None = None
 
 
-def _collect_headers(headers: Sequence[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+def _collect_headers(headers: Sequence[tuple[bytes, bytes]], max_total: int) -> dict[bytes, bytes]:
     found: dict[bytes, list[bytes]] = {}
+    total = 0
     for name, value in headers:
+        total += len(name) + len(value)
         lowered = name.lower()
         if lowered in _WANTED_HEADERS:
             found.setdefault(lowered, []).append(value)
+    if total > max_total:
+        raise _Refused(431, reasons.HEADERS_TOO_LARGE)
     # Repeated field lines combine with ", " (RFC 9110 5.3), as a standard RFC 9421 verifier would see them.
     return {name: b", ".join(v.strip(b" \t") for v in values) for name, values in found.items()}
 
@@ -134,7 +155,7 @@ def _header_text(headers: dict[bytes, bytes], name: bytes) -> str:
     value = headers.get(name)
     if value is None:
         raise _Refused(401, f"{reasons.MISSING_HEADER}:{name.decode()}")
-    if len(value) > _MAX_HEADER_BYTES or not value:
+    if len(value) > _MAX_SIGNATURE_HEADER_BYTES or not value:
         raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{name.decode()}")
     try:
         return value.decode("ascii")
@@ -260,8 +281,8 @@ def _parse_signed_fields(headers: dict[bytes, bytes], claim: _Claim) -> _SignedF
 def _check_claims(
     request: RawRequest, ctx: VerifyContext, now: float, claim: _Claim
 ) -> tuple[_SignedFields, bytes]:
-    """Steps 2-5, pure: the parsed fields and the caller's pair key, or _Refused(401, reason)."""
-    fields = _parse_signed_fields(_collect_headers(request.headers), claim)
+    """Header size, then steps 2-5, pure: the parsed fields and the caller's pair key, or _Refused."""
+    fields = _parse_signed_fields(_collect_headers(request.headers, ctx.max_header_bytes), claim)
     if fields.service_id not in ctx.keyring.callers:
         raise _Refused(401, reasons.UNKNOWN_CALLER)
     if fields.key_id.service != fields.service_id:
@@ -277,18 +298,9 @@ def _check_claims(
     return fields, key
 
 
-async def body_sha256(body: bytes) -> bytes:
-    """SHA-256 of the body; large bodies are hashed in a worker thread (hashlib releases the GIL), so a
-    16 MiB upload does not stall every other request on the event loop for tens of milliseconds."""
-    if len(body) < _THREAD_DIGEST_BYTES:
-        return hashlib.sha256(body).digest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(body).digest())
-
-
-def _check_signature(request: RawRequest, fields: _SignedFields, key: bytes, body_digest: bytes) -> None:
-    """Steps 6-7, pure: the digest matches the body, then the HMAC matches (constant time)."""
-    if not hmac.compare_digest(body_digest, fields.digest):
-        raise _Refused(401, reasons.DIGEST_MISMATCH)
+def _check_mac(request: RawRequest, fields: _SignedFields, key: bytes) -> None:
+    """The HMAC over the covered components (constant time). Needs no body: `content-digest` is covered as
+    the header value received, and `verify_body` then holds the body to that value."""
     try:
         components = request_components(
             method=request.method,
@@ -304,14 +316,23 @@ def _check_signature(request: RawRequest, fields: _SignedFields, key: bytes, bod
         raise _Refused(401, reasons.BAD_SIGNATURE)
 
 
-async def verify_request(
-    request: RawRequest, ctx: VerifyContext, *, now: float | None = None, target: Target | None = None
-) -> Decision:
-    """Decide on one request. Never raises for any input; 503 only when the replay store is unreachable.
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """A request whose line and headers passed every check that needs no body (path, header sizes, caller,
+    key, algorithm, time, MAC, matrix grant). Left to check: its body (size, digest) and its nonce."""
 
-    `target` is `ctx.classify(...)` of this request when the caller already has it (the middleware does).
-    """
-    now = time.time() if now is None else now
+    caller: str
+    keyid: str
+    nonce: str
+    digest: bytes
+    body_limit: int
+
+
+def verify_head(
+    request: RawRequest, ctx: VerifyContext, *, now: float, target: Target | None = None
+) -> Decision | SignedHead:
+    """Everything decidable from the request line and headers; `request.body` is not looked at. Pure, never
+    raises. A Decision is final (a refusal, or a public route); a SignedHead still needs `verify_body`."""
     if target is None:
         target = ctx.classify(request.method, request.raw_path, request.query_string)
     route_kind = target.route_kind
@@ -322,15 +343,56 @@ async def verify_request(
         if route_kind == "public":
             return Decision(200, reasons.PUBLIC_ROUTE, "public")
         fields, key = _check_claims(request, ctx, now, claim)
-        _check_signature(request, fields, key, await body_sha256(request.body))
-        try:
-            fresh = await ctx.nonces.remember(ctx.callee, fields.service_id, fields.nonce)
-        except ReplayStoreUnavailable:
-            raise _Refused(503, reasons.REPLAY_STORE_UNAVAILABLE) from None
-        if not fresh:
-            raise _Refused(401, reasons.REPLAYED_NONCE)
-        if not ctx.matrix.allows(fields.service_id, request.method, request.raw_path.decode("ascii")):
+        _check_mac(request, fields, key)
+        limit = ctx.matrix.granted_body_limit(
+            fields.service_id, request.method, request.raw_path.decode("ascii"), ctx.max_body_bytes
+        )
+        if limit is None:
             raise _Refused(403, reasons.NOT_GRANTED)
     except _Refused as refused:
         return Decision(refused.status, refused.reason, route_kind, claim.caller, claim.keyid)
-    return Decision(200, reasons.OK, route_kind, claim.caller, claim.keyid)
+    return SignedHead(fields.service_id, str(fields.key_id), fields.nonce, fields.digest, limit)
+
+
+async def body_sha256(body: bytes) -> bytes:
+    """SHA-256 of the body; large bodies are hashed in a worker thread (hashlib releases the GIL), so a
+    16 MiB upload does not stall every other request on the event loop for tens of milliseconds."""
+    if len(body) < _THREAD_DIGEST_BYTES:
+        return hashlib.sha256(body).digest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(body).digest())
+
+
+async def verify_body(head: SignedHead, body: bytes, ctx: VerifyContext) -> Decision:
+    """The rest of a request `verify_head` let through: body size, digest, then the nonce (Redis, at most
+    `ctx.replay_timeout_s`). Never raises; 503 when the replay store cannot answer in time."""
+    try:
+        if len(body) > head.body_limit:
+            raise _Refused(413, reasons.BODY_TOO_LARGE)
+        if not hmac.compare_digest(await body_sha256(body), head.digest):
+            raise _Refused(401, reasons.DIGEST_MISMATCH)
+        try:
+            if ctx.replay_timeout_s is None:
+                fresh = await ctx.nonces.remember(ctx.callee, head.caller, head.nonce)
+            else:
+                async with asyncio.timeout(ctx.replay_timeout_s):
+                    fresh = await ctx.nonces.remember(ctx.callee, head.caller, head.nonce)
+        except (ReplayStoreUnavailable, TimeoutError):
+            raise _Refused(503, reasons.REPLAY_STORE_UNAVAILABLE) from None
+        if not fresh:
+            raise _Refused(401, reasons.REPLAYED_NONCE)
+    except _Refused as refused:
+        return Decision(refused.status, refused.reason, "service", head.caller, head.keyid)
+    return Decision(200, reasons.OK, "service", head.caller, head.keyid)
+
+
+async def verify_request(
+    request: RawRequest, ctx: VerifyContext, *, now: float | None = None, target: Target | None = None
+) -> Decision:
+    """Decide on one request whose body is at hand: `verify_head`, then `verify_body`. Never raises.
+
+    `target` is `ctx.classify(...)` of this request when the caller already has it.
+    """
+    head = verify_head(request, ctx, now=time.time() if now is None else now, target=target)
+    if isinstance(head, Decision):
+        return head
+    return await verify_body(head, request.body, ctx)
