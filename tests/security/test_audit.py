@@ -6,13 +6,16 @@ import json
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.security.auth_support import AUDIT_FIELDS
 
-from autobot.security.audit import AuditLog, AuditLogError, audit_record
+from autobot.security.audit import AuditLog, AuditLogError, audit_line, audit_record
 from autobot.security.decision import Decision
 
 
@@ -91,3 +94,49 @@ def test_lines_are_batched_but_flush_and_close_do_not_wait_for_the_batch(tmp_pat
         log.close(timeout=10.0)
     assert time.monotonic() - started < 5.0
     assert len(path.read_text().splitlines()) == 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from([200, 401, 403, 413, 431, 503]),
+    reason=st.text(max_size=40),
+    route_kind=st.sampled_from(["public", "service"]),
+    caller=st.one_of(st.none(), st.text(max_size=20)),
+    keyid=st.one_of(st.none(), st.text(max_size=20)),
+    method=st.text(max_size=40),
+    raw_path=st.binary(max_size=3000),
+    phase=st.sampled_from(["logging", "enforcement"]),
+    micros=st.integers(min_value=0, max_value=4_000_000_000 * 10**6),
+)
+def test_the_line_is_the_json_encoding_of_the_record(
+    status: int,
+    reason: str,
+    route_kind: Any,
+    caller: str | None,
+    keyid: str | None,
+    method: str,
+    raw_path: bytes,
+    phase: Any,
+    micros: int,
+) -> None:
+    """`audit_line` formats a template instead of encoding a dict: the bytes must be what encoding the
+    record's fields with the json module gives, for any text (quotes, backslashes, non-ASCII)."""
+    decision = Decision(status, reason, route_kind, caller, keyid)
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    expected = {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "callee": "npu-worker",
+        "caller": caller,
+        "keyid": keyid,
+        "method": method[:32],
+        "path": raw_path[:2048].decode("ascii", errors="backslashreplace"),
+        "decision": decision.label,
+        "status": status,
+        "reason": reason,
+        "phase": phase,
+        "route_kind": route_kind,
+    }
+    line = audit_line(
+        decision=decision, callee="npu-worker", method=method, raw_path=raw_path, phase=phase, when=when
+    )
+    assert line == json.dumps(expected, separators=(",", ":"), ensure_ascii=True) + "\n"

@@ -30,7 +30,7 @@ from autobot.middleware.asgi import content_length, error_code, error_response, 
 from autobot.middleware.buffered_body import read_body, replaying_receive
 from autobot.redis_pool import create_redis
 from autobot.security import decision as reasons
-from autobot.security.audit import AuditLog, Phase, audit_record
+from autobot.security.audit import AuditLog, Phase, audit_line
 from autobot.security.decision import Decision
 from autobot.security.keyring import Keyring
 from autobot.security.keys import is_service_id
@@ -131,7 +131,8 @@ class ServiceAuthMiddlewareBase:
     ) -> None:
         """Limits left None come from the config's `security` section (or its defaults without one):
         `max_body_bytes` for grants that name no limit, `max_header_bytes`, and `replay_timeout_s`, how
-        long a request waits for the replay store (this phase's own setting, `replay_wait_ms`)."""
+        long a request waits for the replay store this middleware builds (this phase's own setting,
+        `replay_wait_ms`; a checker given as `nonces` bounds its own waits)."""
         if config is None and service_id is None:
             raise ValueError("give a ServiceConfig or a service_id")
         if config is not None and service_id is not None and service_id != config.service_id:
@@ -231,7 +232,7 @@ class ServiceAuthMiddlewareBase:
                     if self._audit is None:
                         await asyncio.to_thread(audit.close)
                     raise
-            nonces = owned_nonces = NonceStore(redis, nonce_ttl)
+            nonces = owned_nonces = NonceStore(redis, nonce_ttl, wait_s=self._replay_timeout_s)
         ctx = VerifyContext(
             callee=self.service_id,
             keyring=keyring,
@@ -241,7 +242,6 @@ class ServiceAuthMiddlewareBase:
             clock_skew_s=skew,
             max_body_bytes=self._max_body_bytes,
             max_header_bytes=self._max_header_bytes,
-            replay_timeout_s=self._replay_timeout_s,
         )
         return _Components(
             ctx=ctx,
@@ -331,8 +331,8 @@ class ServiceAuthMiddlewareBase:
                 decision = Decision(413, reasons.BODY_TOO_LARGE, "service", head.caller, head.keyid)
             else:
                 decision = await verify_body(head, body.joined(), ctx)
-        components.audit.write(
-            audit_record(
+        components.audit.write_line(
+            audit_line(
                 decision=decision,
                 callee=self.service_id,
                 method=method,
