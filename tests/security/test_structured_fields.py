@@ -1,4 +1,5 @@
-"""The verifier's shortcuts through http_sfv give exactly what http_sfv gives (property tests, pure)."""
+"""The verifier's shortcuts (through http_sfv, around it for our canonical shape, the base checked as one
+text) give exactly what the long way gives (property tests, pure)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from autobot.security.canonical import (
     COVERED_COMPONENTS,
     DIGEST_ALGORITHM,
     SIGNATURE_LABEL,
+    CanonicalError,
     ParamValue,
     serialize_signature_params,
+    signature_base,
     signature_params_list,
 )
 from autobot.security.keys import KeyId
@@ -249,3 +252,30 @@ def test_what_our_signer_sends_takes_the_shortcuts() -> None:
     assert _SIGNATURE_FAST.fullmatch(headers.signature.encode())
     assert _DIGEST_FAST.fullmatch(headers.content_digest.encode())
     assert _SIGNATURE_INPUT_FAST.fullmatch(headers.signature_input.encode())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E)), st.text(max_size=5)),
+        min_size=5,
+        max_size=5,
+    ),
+    params=st.one_of(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E)), st.text(max_size=5)),
+)
+def test_signature_base_refuses_exactly_the_values_that_cannot_be_signed(
+    values: list[str], params: str
+) -> None:
+    """The base is checked as one text: it must refuse exactly when some value is not printable ASCII
+    (a newline in a value would add a line of its own)."""
+    components = list(zip(COVERED_COMPONENTS, values, strict=True))
+    signable = all(v.isascii() and v.isprintable() for v in [*values, params])
+    try:
+        base = signature_base(components, params)
+    except CanonicalError:
+        assert not signable
+    else:
+        assert signable
+        assert base.decode().split("\n") == [f'"{n}": {v}' for n, v in components] + [
+            f'"@signature-params": {params}'
+        ]

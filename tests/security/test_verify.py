@@ -337,3 +337,21 @@ async def test_large_body_digest_does_not_stall_the_event_loop(
     loop_cpu_s = time.thread_time() - started
     assert decision.status == 200, decision
     assert loop_cpu_s < hash_cpu_s / 2, (loop_cpu_s, hash_cpu_s)
+
+
+def test_remembered_targets_still_check_each_query_and_stay_bounded(ctx: VerifyContext) -> None:
+    """classify remembers what the method and path say (route kind, path safety), never the query's
+    verdict, and remembers a bounded number of short paths."""
+    assert ctx.classify("POST", b"/api/process", b"a=1").safe
+    assert not ctx.classify("POST", b"/api/process", b"a=%00").safe  # same path, unsafe query
+    assert not ctx.classify("POST", b"/api/process", b"a b").safe
+    assert ctx.classify("POST", b"/api/process", b"").safe
+    assert ctx.classify("GET", b"/api/health", b"").route_kind == "public"
+    assert ctx.classify("POST", b"/api/health", b"").route_kind == "service"  # methods are exact
+    assert not ctx.classify("GET", b"/api/../health", b"").safe
+    assert not ctx.classify("GET", b"/api/../health", b"").safe  # remembered unsafe, still unsafe
+    assert ctx.classify("GET", b"/" + b"a" * 300, b"").safe
+    assert ("GET", b"/" + b"a" * 300) not in ctx._targets  # long paths are not remembered
+    for n in range(3000):
+        ctx.classify("GET", f"/api/x{n}".encode(), b"")
+    assert len(ctx._targets) <= 1024

@@ -50,18 +50,19 @@ from autobot.security.decision import Decision, RouteKind
 from autobot.security.keyring import Keyring
 from autobot.security.keys import KeyFormatError, KeyId, is_service_id
 from autobot.security.matrix import Matrix
-from autobot.security.paths import path_problem
+from autobot.security.paths import query_problem, raw_path_problem
 from autobot.security.replay import NonceChecker, ReplayStoreUnavailable
 from autobot.security.signing import mac_matches
 
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
-# Header field values as we accept them in the signature headers: visible ASCII, spaces and tabs.
-_PRINTABLE_ASCII = re.compile(rb"[\t\x20-\x7e]+")
 _PARAMS = frozenset({"created", "nonce", "keyid", "alg"})
 _WANTED_HEADERS = (b"x-service-id", b"content-digest", b"signature-input", b"signature")
 # One signature header (its field lines combined): ours are under 300 bytes; anything this long is not one.
 _MAX_SIGNATURE_HEADER_BYTES = 1024
 _HASH_BYTES = 32
+# Targets remembered per context (see VerifyContext.classify), and the longest path worth remembering.
+_MAX_REMEMBERED_TARGETS = 1024
+_MAX_REMEMBERED_PATH = 256
 # Bodies from this size on are hashed off the event loop (a thread hop costs less than hashing them).
 _THREAD_DIGEST_BYTES = 256 * 1024
 
@@ -89,13 +90,27 @@ class VerifyContext:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # All header lines of a service-route request together (names and values).
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    # What the method and path alone say, remembered: a service sees a handful of routes again and again,
+    # and both the matrix and the path rules are fixed for the life of the context.
+    _targets: dict[tuple[str, bytes], Target] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def route_kind(self, method: str, raw_path: bytes) -> RouteKind:
         return "public" if self.matrix.is_public(method, raw_path.decode("latin-1")) else "service"
 
     def classify(self, method: str, raw_path: bytes, query_string: bytes) -> Target:
         """Route kind and path safety of a request target: computed once, used by middleware and verifier."""
-        return Target(self.route_kind(method, raw_path), path_problem(raw_path, query_string) is None)
+        target = self._targets.get((method, raw_path))
+        if target is None:
+            target = Target(self.route_kind(method, raw_path), raw_path_problem(raw_path) is None)
+            if len(raw_path) <= _MAX_REMEMBERED_PATH:
+                if len(self._targets) >= _MAX_REMEMBERED_TARGETS:
+                    self._targets.clear()  # strangers sending endless new paths only cost their own lookups
+                self._targets[method, raw_path] = target
+        if target.safe and query_string and query_problem(query_string) is not None:
+            return Target(target.route_kind, False)
+        return target
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +119,6 @@ class Target:
 
     route_kind: RouteKind
     safe: bool
-
-    @property
-    def needs_body(self) -> bool:
-        return self.safe and self.route_kind == "service"
 
 
 class _Refused(Exception):
@@ -139,27 +150,39 @@ class _Claim:
 
 
 def _collect_headers(headers: Sequence[tuple[bytes, bytes]], max_total: int) -> dict[bytes, bytes]:
-    found: dict[bytes, list[bytes]] = {}
+    """The signature headers, each with its field lines combined; 431 when all lines together are over
+    `max_total` bytes."""
+    found: dict[bytes, bytes] = {}
     total = 0
     for name, value in headers:
         total += len(name) + len(value)
         lowered = name.lower()
         if lowered in _WANTED_HEADERS:
-            found.setdefault(lowered, []).append(value)
+            value = value.strip(b" \t")
+            prior = found.get(lowered)
+            # Repeated field lines combine with ", " (RFC 9110 5.3), as a standard RFC 9421 verifier sees.
+            found[lowered] = value if prior is None else prior + b", " + value
     if total > max_total:
         raise _Refused(431, reasons.HEADERS_TOO_LARGE)
-    # Repeated field lines combine with ", " (RFC 9110 5.3), as a standard RFC 9421 verifier would see them.
-    return {name: b", ".join(v.strip(b" \t") for v in values) for name, values in found.items()}
+    return found
 
 
 def _header_value(headers: dict[bytes, bytes], name: bytes) -> bytes:
-    """The value of one signature header: present, not empty, within the size cap, printable ASCII."""
+    """The value of one signature header: present, not empty, within the size cap. (Its characters are
+    checked by whatever parses it: a regex of our shape, http_sfv, or the ASCII decode before either.)"""
     value = headers.get(name)
     if value is None:
         raise _Refused(401, f"{reasons.MISSING_HEADER}:{name.decode()}")
-    if not value or len(value) > _MAX_SIGNATURE_HEADER_BYTES or not _PRINTABLE_ASCII.fullmatch(value):
+    if not value or len(value) > _MAX_SIGNATURE_HEADER_BYTES:
         raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{name.decode()}")
     return value
+
+
+def _ascii(value: bytes, header: str) -> str:
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise _Refused(401, f"{reasons.MALFORMED_HEADER}:{header}") from None
 
 
 def _parse_dictionary(text: str, name: str) -> Dictionary:
@@ -207,7 +230,7 @@ def _byte_member_value(data: bytes, fast: re.Pattern[bytes], key: str, header: s
     match = fast.fullmatch(data)
     if match is not None:
         return base64.standard_b64decode(match[1])
-    return _byte_member(_parse_dictionary(data.decode("ascii"), header), key, header)
+    return _byte_member(_parse_dictionary(_ascii(data, header), header), key, header)
 
 
 def _parse_signature_input(text: str) -> tuple[tuple[str, ...], Mapping[str, object]]:
@@ -250,7 +273,7 @@ def _signature_input_fields(data: bytes) -> _InputFields:
     re-serializing the parsed parameters gives. Anything else takes `_parsed_signature_input_fields`."""
     match = _SIGNATURE_INPUT_FAST.fullmatch(data)
     if match is None:
-        return _parsed_signature_input_fields(data.decode("ascii"))
+        return _parsed_signature_input_fields(_ascii(data, "signature-input"))
     created, nonce, keyid, alg = match.groups()
     return int(created), nonce.decode(), keyid.decode(), alg.decode(), data[_LABEL_PREFIX:].decode()
 
@@ -283,7 +306,7 @@ def _key_id(text: str) -> KeyId:
 
 
 def _parse_signed_fields(headers: dict[bytes, bytes], claim: _Claim) -> _SignedFields:
-    service_id = _header_value(headers, b"x-service-id").decode()
+    service_id = _ascii(_header_value(headers, b"x-service-id"), "x-service-id")
     if not is_service_id(service_id):
         raise _Refused(401, f"{reasons.MALFORMED_HEADER}:x-service-id")
     claim.caller = service_id
