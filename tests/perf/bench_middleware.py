@@ -151,7 +151,7 @@ async def _load(port: int, requests: list[bytes], concurrency: int) -> tuple[flo
     return len(requests) / (time.perf_counter() - started), latencies
 
 
-def _old_tree(base: str, into: Path) -> Path | None:
+def base_tree(base: str, into: Path) -> Path | None:
     """src/ and the matrix of git revision `base`, unpacked under `into`; None if git cannot give them."""
     try:
         data = subprocess.run(
@@ -197,7 +197,7 @@ def main() -> None:
         signer = Keyring.load_dir(write_key_dir(Path(tmp) / "main", "main-backend", ring), "main-backend")
         here = str(ROOT / "src") + os.pathsep + str(ROOT)
         variants = [Variant("plain", here, MATRIX_FILE)]
-        old = _old_tree(args.base, Path(tmp) / "base")
+        old = base_tree(args.base, Path(tmp) / "base")
         if old is not None:
             old_path = str(old / "src") + os.pathsep + str(ROOT)
             variants.append(Variant(f"enforcement@{args.base}", old_path, old / MATRIX_PATH))

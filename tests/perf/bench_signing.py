@@ -21,18 +21,17 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_BASE = "3582c45"  # main when issue 13's service-auth work started
-MATRIX_PATH = "inventory/group_vars/all/services.yml"
+from tests.perf.bench_middleware import DEFAULT_BASE, MATRIX_PATH, base_tree  # noqa: E402
+
 BODY = (b'{"task":"embed","text":"' + b"x" * 1024)[:1022] + b'"}'
 PATH = b"/api/process"
 QUERY = b"mode=fast&trace=a%20b"
@@ -49,6 +48,22 @@ class AcceptEveryNonce:
 
     async def remember(self, callee: str, caller: str, nonce: str) -> bool:
         return True
+
+
+def signed_headers(key: bytes, key_id: Any, body: bytes) -> dict[str, str]:
+    """The signing headers of our benchmark request, signed now with a fresh nonce (`autobot` as imported)."""
+    from autobot.security.signing import new_nonce, sign_request
+
+    return sign_request(
+        key=key,
+        key_id=key_id,
+        method="POST",
+        raw_path=PATH,
+        query_string=QUERY,
+        body=body,
+        created=int(time.time()),
+        nonce=new_nonce(),
+    ).as_dict()
 
 
 def per_call_us(fn: Callable[[], object], count: int, repeats: int = 5) -> float:
@@ -82,7 +97,6 @@ def measure(count: int, matrix_file: Path) -> dict[str, float]:
     from autobot.security.keyring import Keyring
     from autobot.security.matrix import Matrix
     from autobot.security.replay import NonceStore
-    from autobot.security.signing import new_nonce, sign_request
     from autobot.security.verify import RawRequest, VerifyContext, verify_request
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,16 +107,7 @@ def measure(count: int, matrix_file: Path) -> dict[str, float]:
         matrix = Matrix.load(matrix_file, "npu-worker")
 
         def sign(body: bytes = BODY) -> dict[str, str]:
-            return sign_request(
-                key=pair_key,
-                key_id=key_id,
-                method="POST",
-                raw_path=PATH,
-                query_string=QUERY,
-                body=body,
-                created=int(time.time()),
-                nonce=new_nonce(),
-            ).as_dict()
+            return signed_headers(pair_key, key_id, body)
 
         def requests(n: int, distinct_bodies: bool = False) -> list[RawRequest]:
             """Pre-signed, each with its own nonce (and, if asked, its own body and so its own digest)."""
@@ -160,23 +165,13 @@ def library_us(count: int) -> float:
 
     from autobot.security.canonical import COVERED_COMPONENTS
     from autobot.security.keyring import Keyring
-    from autobot.security.signing import new_nonce, sign_request
 
     with tempfile.TemporaryDirectory() as tmp:
         signer = Keyring.load_dir(
             write_key_dir(Path(tmp) / "main", "main-backend", controller_keyring()), "main-backend"
         )
     key_id, pair_key = signer.signing_key("npu-worker")
-    headers = sign_request(
-        key=pair_key,
-        key_id=key_id,
-        method="POST",
-        raw_path=PATH,
-        query_string=QUERY,
-        body=BODY,
-        created=int(time.time()),
-        nonce=new_nonce(),
-    ).as_dict()
+    headers = signed_headers(pair_key, key_id, BODY)
     request = httpx.Request(
         "POST", "http://npu-worker:8081" + PATH.decode() + "?" + QUERY.decode(), headers=headers, content=BODY
     )
@@ -190,21 +185,6 @@ def library_us(count: int) -> float:
 
     verify()  # proves it accepts our request before timing it
     return per_call_us(verify, count)
-
-
-def _old_tree(base: str, into: Path) -> Path | None:
-    """src/ and the matrix of git revision `base`, unpacked under `into`; None if git cannot give them."""
-    try:
-        data = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", base, "src", MATRIX_PATH],
-            check=True,
-            capture_output=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    with tarfile.open(fileobj=BytesIO(data)) as archive:
-        archive.extractall(into, filter="data")
-    return into
 
 
 def _measure_in(src: Path, matrix: Path, count: int) -> dict[str, float]:
@@ -233,7 +213,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"after": (ROOT / "src", ROOT / MATRIX_PATH)}
-        old = _old_tree(args.base, Path(tmp))
+        old = base_tree(args.base, Path(tmp))
         if old is not None:
             trees = {"before": (old / "src", old / MATRIX_PATH), **trees}
         best: dict[str, dict[str, float]] = {name: {} for name in trees}

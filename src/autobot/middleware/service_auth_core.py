@@ -318,7 +318,8 @@ class ServiceAuthMiddlewareBase:
         stranger_body = False
         if isinstance(head, Decision):
             decision = head  # refused (or public) on the request line and headers: no body byte was read
-            # Not authenticated (a 403 is: a known caller off its grants): its body is never read.
+            # Refused before it authenticated (every refusal here but a 403, which comes after the MAC):
+            # its body is never read.
             stranger_body = decision.status not in (200, 403) and _has_body(scope)
         elif scope["type"] != "http":
             decision = await verify_body(head, b"", ctx)  # a WebSocket handshake has no body
