@@ -14,13 +14,19 @@ def _svc(key: str, port: int, health_route: str | None = "/api/health") -> dict[
     return {"key": key, "value": value}
 
 
-def _seen(loaded: bool = True, active: bool = True, port_open: bool = True, status: int | None = 200) -> dict:
+def _seen(
+    loaded: bool = True, active: bool = True, port_open: bool = True, status: int | None = 200
+) -> dict[str, object]:
     return {"loaded": loaded, "active": active, "port_open": port_open, "health_status": status}
 
 
 def test_listening_down_and_not_deployed() -> None:
     services = [_svc("main-backend", 8001), _svc("npu-worker", 8081), _svc("ai-stack", 8080)]
-    observed = {"main-backend": _seen(), "npu-worker": _seen(port_open=False), "ai-stack": _seen(loaded=False)}
+    observed = {
+        "main-backend": _seen(),
+        "npu-worker": _seen(port_open=False),
+        "ai-stack": _seen(loaded=False),
+    }
     assert health.autobot_service_health(services, observed) == {
         "main-backend": "listening",
         "npu-worker": "down",  # running but its port is closed
@@ -36,7 +42,8 @@ def test_a_stopped_unit_is_down_even_when_its_socket_holds_the_port() -> None:
 def test_a_health_route_that_does_not_answer_200_is_down() -> None:
     for status in (0, 500, 503):
         observed = {"main-backend": _seen(status=status)}
-        assert health.autobot_service_health([_svc("main-backend", 8001)], observed) == {"main-backend": "down"}
+        services = [_svc("main-backend", 8001)]
+        assert health.autobot_service_health(services, observed) == {"main-backend": "down"}
 
 
 def test_a_service_without_a_health_route_is_judged_by_its_unit_and_port() -> None:

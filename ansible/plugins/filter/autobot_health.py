@@ -11,9 +11,9 @@ def autobot_service_health(
 ) -> dict[str, str]:
     """service id -> listening | down | not deployed.
 
-    `observed` is the machine's report (roles/common templates/autobot.fact.j2, `services`): per service its
-    unit `loaded` and `active`, `port_open`, and `health_status` (the HTTP status of the matrix's health route,
-    0 when nothing answered, None when the matrix names none).
+    `observed` is the machine's report (roles/common templates/autobot.fact.j2, `services`): per service,
+    its unit `loaded` and `active`, `port_open`, and `health_status` (the HTTP status of the matrix's health
+    route, 0 when nothing answered, None when the matrix names none).
     - not deployed: the machine has no such unit (or reported nothing for it);
     - listening: the unit runs, the port accepts connections and the health route, if any, answered 200;
     - down: deployed, but one of those is not so.
@@ -26,8 +26,10 @@ def autobot_service_health(
         if not seen.get("loaded"):
             health[service_id] = "not deployed"
             continue
-        answered = seen.get("health_status") in (None, 200) if not service["value"].get("health") else (
-            seen.get("health_status") == 200
+        answered = (
+            seen.get("health_status") in (None, 200)
+            if not service["value"].get("health")
+            else (seen.get("health_status") == 200)
         )
         up = bool(seen.get("active")) and bool(seen.get("port_open")) and answered
         health[service_id] = "listening" if up else "down"
