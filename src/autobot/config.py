@@ -29,6 +29,9 @@ class ListenConfig(_Strict):
     port: int = Field(ge=1, le=65535)
     # On stop or restart, requests in flight get this long to finish (a chat stream is cut after it).
     graceful_shutdown_s: float = Field(default=10.0, gt=0)
+    # The most bytes a request line and its headers may take; a longer head is refused with 431 before the
+    # app (or the service-auth middleware) sees it. nginx's default is 32 KiB too.
+    max_request_head_bytes: int = Field(default=32 * 1024, ge=1024)
 
 
 class RedisConfig(_Strict):
@@ -45,6 +48,16 @@ class RedisConfig(_Strict):
     client_name: str | None = None
 
 
+# Service-auth limits (the `security` section); the verifier uses the same values when built without a config.
+# The body a signed route may send when its grant in the service matrix names no `max_body_bytes`:
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# All header lines of a request to a service route together:
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+# How long each phase waits for the replay store (Redis) before it gives up on a request:
+DEFAULT_LOGGING_REPLAY_BUDGET_MS = 50
+DEFAULT_ENFORCEMENT_REPLAY_TIMEOUT_MS = 500
+
+
 class SecurityConfig(_Strict):
     keys_dir: Path
     matrix_file: Path
@@ -52,6 +65,15 @@ class SecurityConfig(_Strict):
     algorithm: Literal["hmac-sha256"] = "hmac-sha256"
     clock_skew_s: int = Field(default=300, ge=1)
     nonce_ttl_s: int = Field(default=600, ge=1)
+    # Body limit of a signed route whose grant names none (a grant's own `max_body_bytes` wins).
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=0)
+    # All request header lines together, on service routes; more is refused (431) before anything else.
+    max_header_bytes: int = Field(default=DEFAULT_MAX_HEADER_BYTES, ge=1024)
+    # How long each phase waits for the replay store (Redis) before it gives up on a request: the logging
+    # phase then passes the request on (audited as replay_store_unavailable), enforcement answers 503. Each
+    # middleware file reads its own setting; neither switches the phase.
+    logging_replay_budget_ms: int = Field(default=DEFAULT_LOGGING_REPLAY_BUDGET_MS, ge=1)
+    enforcement_replay_timeout_ms: int = Field(default=DEFAULT_ENFORCEMENT_REPLAY_TIMEOUT_MS, ge=1)
 
 
 class LLMConfig(_Strict):

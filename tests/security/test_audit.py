@@ -6,13 +6,16 @@ import json
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.security.auth_support import AUDIT_FIELDS
 
-from autobot.security.audit import AuditLog, AuditLogError, audit_record
+from autobot.security.audit import AuditLog, AuditLogError, audit_line, audit_record
 from autobot.security.decision import Decision
 
 
@@ -91,3 +94,85 @@ def test_lines_are_batched_but_flush_and_close_do_not_wait_for_the_batch(tmp_pat
         log.close(timeout=10.0)
     assert time.monotonic() - started < 5.0
     assert len(path.read_text().splitlines()) == 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from([200, 401, 403, 413, 431, 503]),
+    reason=st.text(max_size=40),
+    route_kind=st.sampled_from(["public", "service"]),
+    caller=st.one_of(st.none(), st.text(max_size=20)),
+    keyid=st.one_of(st.none(), st.text(max_size=20)),
+    method=st.text(max_size=40),
+    raw_path=st.binary(max_size=3000),
+    phase=st.sampled_from(["logging", "enforcement"]),
+    micros=st.integers(min_value=0, max_value=4_000_000_000 * 10**6),
+)
+def test_the_line_is_the_json_encoding_of_the_record(
+    status: int,
+    reason: str,
+    route_kind: Any,
+    caller: str | None,
+    keyid: str | None,
+    method: str,
+    raw_path: bytes,
+    phase: Any,
+    micros: int,
+) -> None:
+    """`audit_line` formats a template instead of encoding a dict: the bytes must be what encoding the
+    record's fields with the json module gives, for any text (quotes, backslashes, non-ASCII)."""
+    decision = Decision(status, reason, route_kind, caller, keyid)
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    expected = {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "callee": "npu-worker",
+        "caller": caller,
+        "keyid": keyid,
+        "method": method[:32],
+        "path": raw_path[:2048].decode("ascii", errors="backslashreplace"),
+        "decision": decision.label,
+        "status": status,
+        "reason": reason,
+        "phase": phase,
+        "route_kind": route_kind,
+    }
+    line = audit_line(
+        decision=decision, callee="npu-worker", method=method, raw_path=raw_path, phase=phase, when=when
+    )
+    assert line == json.dumps(expected, separators=(",", ":"), ensure_ascii=True) + "\n"
+
+
+def test_the_log_follows_a_rotation_without_losing_a_line(tmp_path: Path) -> None:
+    """logrotate renames the file and creates a new one (no signal is sent): the writer notices and writes
+    the next lines to the new file; every line is in one of the two."""
+    from autobot.security.audit import AuditLog
+
+    path = tmp_path / "service-auth-audit.log"
+    audit = AuditLog.open(path)
+    try:
+        audit.write_line('{"n":1}\n')
+        assert audit.flush()
+        path.rename(tmp_path / "service-auth-audit.log.1")
+        path.touch(mode=0o640)
+        for n in (2, 3):
+            audit.write_line(f'{{"n":{n}}}\n')
+        assert audit.flush()
+    finally:
+        audit.close()
+    assert (tmp_path / "service-auth-audit.log.1").read_text() == '{"n":1}\n'
+    assert path.read_text() == '{"n":2}\n{"n":3}\n'
+
+
+def test_the_log_is_recreated_when_it_was_removed(tmp_path: Path) -> None:
+    from autobot.security.audit import AuditLog
+
+    path = tmp_path / "audit.log"
+    audit = AuditLog.open(path)
+    try:
+        path.unlink()
+        audit.write_line('{"n":1}\n')
+        assert audit.flush()
+    finally:
+        audit.close()
+    assert path.read_text() == '{"n":1}\n'
+    assert path.stat().st_mode & 0o777 == 0o640 & ~0o022

@@ -10,17 +10,15 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
 
 import httpx
 import pytest
-import yaml
 from redis.asyncio import Redis
 from tests.security import auth_apps
 from tests.security.auth_support import AUDIT_FIELDS, MATRIX_FILE, ROOT, TEMPLATE, raw_http, serving
+from tests.security.deployment import Deployment, Phase
 from tests.support.redis_server import RedisServer, free_port, start_redis
 
-from autobot.cli.serve import load_entry_app
 from autobot.client.service_client import ServiceClient
 from autobot.config import ListenConfig, RedisConfig, SecurityConfig, ServiceConfig
 from autobot.middleware.service_auth_enforcement import ServiceAuthEnforcementMiddleware
@@ -30,48 +28,7 @@ from autobot.security.entry import render_entry
 from autobot.security.keyring import Keyring
 from autobot.security.matrix import Matrix
 
-Phase = Literal["logging", "enforcement"]
 BODY_MARKER = "body-marker-7f3a9c"
-
-
-class Deployment:
-    def __init__(
-        self, root: Path, key_root: Path, phase: Phase, redis_url: str, keys_dir: Path | None = None
-    ):
-        root.mkdir(parents=True, exist_ok=True)
-        self.audit = root / "service-auth-audit.log"
-        self.entry = root / "asgi.py"
-        self.config = root / "config.yml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "service_id": "npu-worker",
-                    "listen": {"host": "127.0.0.1", "port": 8081},
-                    "asgi_entry": str(self.entry),
-                    "redis": {"url": redis_url, "retries": 0, "connect_timeout_s": 0.5},
-                    "security": {
-                        "keys_dir": str(keys_dir or key_root / "npu-worker"),
-                        "matrix_file": str(MATRIX_FILE),
-                        "audit_log": str(self.audit),
-                    },
-                }
-            )
-        )
-        self.entry.write_text(
-            render_entry(
-                TEMPLATE,
-                service_id="npu-worker",
-                app_module="tests.security.auth_apps",
-                config_path=self.config,
-                service_auth_middleware=phase,
-            )
-        )
-
-    def app(self) -> Any:
-        return load_entry_app(self.entry, "npu-worker")
-
-    def audit_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
 
 @pytest.fixture
@@ -306,7 +263,8 @@ async def test_enforcement_does_not_start_without_keys_but_logging_does(
 async def test_body_limit(
     phase: Phase, tmp_path: Path, keyrings: dict[str, Keyring], redis_client: Redis
 ) -> None:
-    """Over the limit: enforcement answers 413; logging still hands the app the whole body, in order."""
+    """Over the route's limit (the matrix gives npu-worker's /api/process 2 MiB): enforcement answers 413;
+    logging still hands the app the whole body, in order."""
     audit = AuditLog.open(tmp_path / "audit.log")
     cls = ServiceAuthEnforcementMiddleware if phase == "enforcement" else ServiceAuthLoggingMiddleware
     inner = auth_apps.create_app(ServiceConfig(service_id="npu-worker", listen=ListenConfig(port=1)))
@@ -317,9 +275,8 @@ async def test_body_limit(
         matrix=Matrix.load(MATRIX_FILE, "npu-worker"),
         redis=redis_client,
         audit=audit,
-        max_body_bytes=1024,
     )
-    big = bytes(range(256)) * 800  # 200 KiB, arrives in several chunks
+    big = bytes(range(256)) * 12 * 1024  # 3 MiB, arrives in several chunks
     try:
         async with serving(app) as base_url, _client(keyrings, "main-backend", base_url) as main:
             small = await main.post("npu-worker", "/api/process", content=b"x" * 1024)

@@ -16,6 +16,7 @@ from tests.security.auth_support import (
     MATRIX_FILE,
     controller_keyring,
     header,
+    load_services,
     replace_header,
     signed_request,
     write_key_dir,
@@ -59,7 +60,7 @@ async def test_correctly_signed_request_is_allowed_and_names_the_caller(
     assert (decision.caller, decision.keyid, decision.label) == ("main-backend", "main-backend:v1", "allow")
     nonce = header(request, b"signature-input").split(b'nonce="')[1].split(b'"')[0].decode()
     key = nonce_key("npu-worker", "main-backend", nonce)
-    assert await redis_client.get(key) == b"1"
+    assert await redis_client.exists(key) == 1
     assert 590 <= await redis_client.ttl(key) <= 600
 
 
@@ -323,6 +324,10 @@ async def test_large_body_digest_does_not_stall_the_event_loop(
     """Hashing a large body (here 64 MiB) must not run on the event-loop thread, where it would freeze every
     other request. Measured in CPU time of this thread, so other load on the machine cannot disturb it."""
     body = secrets.token_bytes(1024) * 64 * 1024
+    services = load_services()
+    grant = {"methods": ["POST"], "path": "/api/process", "max_body_bytes": len(body)}
+    services["npu-worker"] = {**services["npu-worker"], "callers": {"main-backend": [grant]}}
+    ctx = dataclasses.replace(ctx, matrix=Matrix.from_services(services, "npu-worker"))
     request = _signed(keyrings, body=body)
     started = time.thread_time()
     hashlib.sha256(body).digest()
@@ -332,3 +337,21 @@ async def test_large_body_digest_does_not_stall_the_event_loop(
     loop_cpu_s = time.thread_time() - started
     assert decision.status == 200, decision
     assert loop_cpu_s < hash_cpu_s / 2, (loop_cpu_s, hash_cpu_s)
+
+
+def test_remembered_targets_still_check_each_query_and_stay_bounded(ctx: VerifyContext) -> None:
+    """classify remembers what the method and path say (route kind, path safety), never the query's
+    verdict, and remembers a bounded number of short paths."""
+    assert ctx.classify("POST", b"/api/process", b"a=1").safe
+    assert not ctx.classify("POST", b"/api/process", b"a=%00").safe  # same path, unsafe query
+    assert not ctx.classify("POST", b"/api/process", b"a b").safe
+    assert ctx.classify("POST", b"/api/process", b"").safe
+    assert ctx.classify("GET", b"/api/health", b"").route_kind == "public"
+    assert ctx.classify("POST", b"/api/health", b"").route_kind == "service"  # methods are exact
+    assert not ctx.classify("GET", b"/api/../health", b"").safe
+    assert not ctx.classify("GET", b"/api/../health", b"").safe  # remembered unsafe, still unsafe
+    assert ctx.classify("GET", b"/" + b"a" * 300, b"").safe
+    assert ("GET", b"/" + b"a" * 300) not in ctx._targets  # long paths are not remembered
+    for n in range(3000):
+        ctx.classify("GET", f"/api/x{n}".encode(), b"")
+    assert len(ctx._targets) <= 1024

@@ -227,3 +227,56 @@ def test_serves_on_the_socket_systemd_passes(tmp_path: Path) -> None:
         stop_process(svc)
         listener.close()
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_an_oversized_request_head_is_refused_before_it_is_buffered(tmp_path: Path) -> None:
+    """uvicorn's httptools keeps an unfinished header in memory however long it grows: the served protocol
+    refuses a head past listen.max_request_head_bytes with 431 and closes, while normal heads pass."""
+    import socket
+
+    entry = tmp_path / "asgi.py"
+    entry.write_text(ECHO_ENTRY)
+    port = free_port()
+    config = _write_config(tmp_path, entry=entry, port=port)
+    svc = ServiceProcess("npu-worker", tmp_path, port=port)
+    with svc.output_log.open("wb") as out:
+        svc.process = subprocess.Popen(
+            autobot_command("serve", "npu-worker", "--config", str(config)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_healthy(svc)
+        # A head of 20 KiB (under the 32 KiB default) is served, twice on one keep-alive connection.
+        big_but_fine = b"x-padding: " + b"a" * 20_000 + b"\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            for _ in range(2):
+                conn.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n" + big_but_fine + b"\r\n")
+                response = b""
+                while not response.endswith(b"0\r\n\r\n"):  # the last chunk of the echo's answer
+                    response += conn.recv(65536)
+                assert response.startswith(b"HTTP/1.1 200"), response[:200]
+        # A header that never ends: refused once the bound is passed, long before the 4 MiB are sent.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\nx-flood: ")
+            sent, answer = 0, b""
+            while sent < 4 * 1024 * 1024:
+                try:
+                    conn.sendall(b"a" * 16384)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                sent += 16384
+                conn.settimeout(0.01)
+                try:
+                    answer += conn.recv(65536)
+                except TimeoutError:
+                    pass
+                conn.settimeout(10)
+                if answer:
+                    break
+            if not answer:
+                answer = conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert sent < 256 * 1024, f"the server read {sent} bytes of headers before refusing"
+    finally:
+        stop_process(svc)

@@ -92,6 +92,8 @@ def systemd_listen_fd(environ: MutableMapping[str, str], pid: int) -> int | None
 def run_server(app: Any, config: ServiceConfig, *, access_log: bool, fd: int | None = None) -> None:
     import uvicorn  # imported here so `autobot serve --help` stays fast
 
+    from autobot.services.http.bounded_head import bounded_head_protocol
+
     where: dict[str, Any] = (
         {"fd": fd} if fd is not None else {"host": config.listen.host, "port": config.listen.port}
     )
@@ -105,6 +107,7 @@ def run_server(app: Any, config: ServiceConfig, *, access_log: bool, fd: int | N
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=max(1, round(config.listen.graceful_shutdown_s)),
+        http=bounded_head_protocol(config.listen.max_request_head_bytes),
     )
     uvicorn.Server(server_config).run()
 

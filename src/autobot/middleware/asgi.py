@@ -26,6 +26,7 @@ ERROR_CODES: Mapping[int, str] = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "too_many_requests",
+    431: "request_header_fields_too_large",
     503: "service_unavailable",
 }
 

@@ -82,14 +82,19 @@ def _check_value(name: str, value: str) -> None:
 
 
 def signature_base(components: Sequence[tuple[str, str]], signature_params: str) -> bytes:
-    """RFC 9421 section 2.5: one `"<name>": <value>` line per component, then `"@signature-params"`."""
-    lines = []
-    for name, value in components:
-        _check_value(name, value)
-        lines.append(f'"{name}": {value}')
-    _check_value("@signature-params", signature_params)
+    """RFC 9421 section 2.5: one `"<name>": <value>` line per component, then `"@signature-params"`.
+
+    Every value must be printable ASCII (no newline, which would forge a line of its own). Checked on the
+    whole text at once, which holds exactly when each value passes: printable ASCII plus the newlines that
+    separate the lines, and no others."""
+    lines = [f'"{name}": {value}' for name, value in components]
     lines.append(f'"@signature-params": {signature_params}')
-    return "\n".join(lines).encode("ascii")
+    text = "\n".join(lines)
+    if not (text.isascii() and text.count("\n") == len(components) and text.replace("\n", " ").isprintable()):
+        for name, value in [*components, ("@signature-params", signature_params)]:
+            _check_value(name, value)  # names the component that cannot be signed
+        raise CanonicalError("a component name cannot be signed")
+    return text.encode("ascii")
 
 
 def request_components(

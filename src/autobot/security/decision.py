@@ -24,12 +24,14 @@ REPLAYED_NONCE = "replayed_nonce"
 NOT_GRANTED = "not_granted"
 REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"
 BODY_TOO_LARGE = "body_too_large"
+HEADERS_TOO_LARGE = "headers_too_large"
 AUTH_UNAVAILABLE = "auth_unavailable"
 
 
 @dataclass(frozen=True)
 class Decision:
-    """status: 200 allowed, 401 not authenticated, 403 not granted, 503 replay store down (413: middleware).
+    """status: 200 allowed, 401 not authenticated (or unsafe path), 403 not granted, 413 body over the route's
+    limit, 431 headers too large, 503 replay store (or the auth components) unavailable.
 
     `caller` and `keyid` are the *claimed* identity until status is 200 (kept so the audit log and the rollout
     gate can list which caller/route pairs would be refused); they are only set when syntactically valid.

@@ -5,6 +5,9 @@ only if the callee declares it public; otherwise the caller needs a grant of {me
 pattern `*` matches exactly one non-empty segment and `**` the rest (zero or more segments, last position
 only). Methods are exact and upper-case, so HEAD is not GET. Unknown callees and callers are denied
 everything.
+
+A grant may name `max_body_bytes`: the most body bytes the service-auth middleware reads for it (the
+middleware's default otherwise). Public routes take none: their body limit is the app's own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from autobot.security.keys import is_service_id
 MATRIX_TOP_KEY = "autobot_services"
 _METHOD = re.compile(r"[A-Z]{1,20}")
 _LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()+,;=:@%]+")
+_ROUTE_KEYS = frozenset({"methods", "path"})
+_GRANT_KEYS = _ROUTE_KEYS | {"max_body_bytes"}
+# A per-route body limit above this is a typo, not a plan (the middleware buffers the body to verify it).
+MAX_ROUTE_BODY_BYTES = 1024 * 1024 * 1024
 
 
 class MatrixError(ValueError):
@@ -32,6 +39,7 @@ class MatrixError(ValueError):
 class Rule:
     methods: frozenset[str]
     pattern: tuple[str, ...]
+    max_body_bytes: int | None = None  # grants only; None = the middleware's default
 
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:
         return method in self.methods and _match(self.pattern, segments)
@@ -74,7 +82,16 @@ def _parse_pattern(path: object, where: str) -> tuple[str, ...]:
     return parts
 
 
-def _parse_rules(entries: object, where: str) -> tuple[Rule, ...]:
+def _parse_body_limit(value: object, where: str) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_ROUTE_BODY_BYTES:
+        raise MatrixError(
+            f"{where}: max_body_bytes must be a whole number of bytes from 1 to {MAX_ROUTE_BODY_BYTES}, "
+            f"not {value!r}"
+        )
+    return value
+
+
+def _parse_rules(entries: object, where: str, *, grants: bool) -> tuple[Rule, ...]:
     if entries is None:
         return ()
     if not isinstance(entries, list):
@@ -82,15 +99,21 @@ def _parse_rules(entries: object, where: str) -> tuple[Rule, ...]:
     rules = []
     for number, entry in enumerate(entries, start=1):
         here = f"{where}[{number}]"
-        if not isinstance(entry, Mapping) or set(entry) != {"methods", "path"}:
-            raise MatrixError(f"{here}: expected exactly the keys 'methods' and 'path'")
+        if not isinstance(entry, Mapping):
+            raise MatrixError(f"{here}: expected a mapping with the keys 'methods' and 'path'")
+        if not grants and "max_body_bytes" in entry:
+            raise MatrixError(f"{here}: public routes take the app's own body limit, not max_body_bytes")
+        if not _ROUTE_KEYS <= set(entry) <= (_GRANT_KEYS if grants else _ROUTE_KEYS):
+            optional = " (and optionally 'max_body_bytes')" if grants else ""
+            raise MatrixError(f"{here}: expected exactly the keys 'methods' and 'path'{optional}")
         methods = entry["methods"]
         if not isinstance(methods, list) or not methods:
             raise MatrixError(f"{here}: methods must be a non-empty list")
         for method in methods:
             if not isinstance(method, str) or _METHOD.fullmatch(method) is None:
                 raise MatrixError(f"{here}: method {method!r} must be an upper-case HTTP method")
-        rules.append(Rule(frozenset(methods), _parse_pattern(entry["path"], here)))
+        limit = _parse_body_limit(entry["max_body_bytes"], here) if "max_body_bytes" in entry else None
+        rules.append(Rule(frozenset(methods), _parse_pattern(entry["path"], here), limit))
     return tuple(rules)
 
 
@@ -115,7 +138,7 @@ class Matrix:
             return cls(callee=callee)  # unknown callee: everything denied
         if not isinstance(section, Mapping):
             raise MatrixError(f"service {callee!r}: expected a mapping")
-        public = _parse_rules(section.get("public"), f"{callee}.public")
+        public = _parse_rules(section.get("public"), f"{callee}.public", grants=False)
         callers = section.get("callers") or {}
         if not isinstance(callers, Mapping):
             raise MatrixError(f"{callee}.callers: expected a mapping of caller id -> rules")
@@ -125,7 +148,7 @@ class Matrix:
                 raise MatrixError(f"{callee}.callers: invalid caller id {caller!r}")
             if caller not in services:
                 raise MatrixError(f"{callee}.callers: caller {caller!r} is not a service of the matrix")
-            grants[caller] = _parse_rules(entries, f"{callee}.callers.{caller}")
+            grants[caller] = _parse_rules(entries, f"{callee}.callers.{caller}", grants=True)
         return cls(callee=callee, public=public, grants=grants)
 
     @classmethod
@@ -156,3 +179,14 @@ class Matrix:
         rules = self.grants.get(caller, ())
         segments = split_path(path)
         return any(rule.matches(method, segments) for rule in rules)
+
+    def granted_body_limit(self, caller: str, method: str, path: str, default: int) -> int | None:
+        """None when no grant of `caller` matches; else the most body bytes the request may carry: the
+        largest limit among the matching grants, a grant without `max_body_bytes` counting as `default`."""
+        segments = split_path(path)
+        limit: int | None = None
+        for rule in self.grants.get(caller, ()):
+            if rule.matches(method, segments):
+                own = default if rule.max_body_bytes is None else rule.max_body_bytes
+                limit = own if limit is None else max(limit, own)
+        return limit

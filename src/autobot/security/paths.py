@@ -21,6 +21,11 @@ _FORBIDDEN_ESCAPES = frozenset({b"2f", b"5c", b"2e", b"00"})
 
 def path_problem(raw_path: bytes, query_string: bytes = b"") -> str | None:
     """Return why the target is unsafe, or None when it is safe. Pure."""
+    return raw_path_problem(raw_path) or query_problem(query_string)
+
+
+def raw_path_problem(raw_path: bytes) -> str | None:
+    """`path_problem` of the path alone."""
     if not raw_path.startswith(b"/"):
         return "path must start with '/'"
     if _PATH_CHARS.fullmatch(raw_path) is None:
@@ -36,6 +41,11 @@ def path_problem(raw_path: bytes, query_string: bytes = b"") -> str | None:
     for segment in raw_path.split(b"/"):
         if segment in (b".", b".."):
             return "dot segment in path"
+    return None
+
+
+def query_problem(query_string: bytes) -> str | None:
+    """`path_problem` of the query alone."""
     if _QUERY_CHARS.fullmatch(query_string) is None:
         return "query holds a control, space, '#' or non-ASCII byte"
     if b"%00" in query_string:  # an encoded NUL is never a legitimate parameter value between services
