@@ -281,7 +281,7 @@ async def test_without_the_matrix_grant_the_stream_is_refused_and_says_where_to_
 ) -> None:
     ungranted = tmp_path / "services.yml"
     text = MATRIX_FILE.read_text(encoding="utf-8")
-    grant = "        - {methods: [POST], path: /api/inference/stream}\n"
+    grant = "        - {methods: [POST], path: /api/inference/stream, max_body_bytes: 2097152}\n"
     assert grant in text
     ungranted.write_text(text.replace(grant, ""), encoding="utf-8")
     async with _provider_for(tmp_path, redis_server, matrix_file=ungranted) as provider:
