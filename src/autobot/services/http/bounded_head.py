@@ -2,8 +2,8 @@
 
 httptools keeps a header it has not finished parsing in memory, however long it grows, and uvicorn offers
 no limit for it (only its h11 protocol has one, at a large cost in speed). So a stranger could make a service
-buffer megabytes of headers before any of our code, the service-auth middleware included, saw the request. This
-protocol counts the bytes received while a request's head is incomplete and answers 431, closing the
+buffer megabytes of headers before any of our code (the service-auth middleware included) saw the request.
+This protocol counts the bytes received while a request's head is incomplete and answers 431, closing the
 connection, once they pass the bound. Counting happens after httptools has parsed the chunk, so a chunk that
 completes the head is never held against it; a pipelined request right behind a large body in one chunk could
 be counted a little high, which only matters for heads close to the bound.
