@@ -45,6 +45,8 @@ def test_filters_are_exported() -> None:
         "redis_acl_rules",
         "redis_acl_parse",
         "redis_acl_checks",
+        "redis_acl_dryruns",
+        "redis_acl_dryrun_problems",
     }
 
 
@@ -247,3 +249,32 @@ def test_checks_refuse_a_service_owning_every_key_or_without_a_data_command() ->
         acl.redis_acl_checks({"svc": {"redis": {"keys": ["*"], "commands": ["+get"]}}})
     with pytest.raises(acl.RedisAclError, match="svc"):
         acl.redis_acl_checks({"svc": {"redis": {"keys": ["s:*"], "commands": ["+ping", "+publish"]}}})
+
+
+def test_dry_runs_are_redis_cli_lines_with_their_expected_answer(services: dict) -> None:
+    runs = acl.redis_acl_dryruns(acl.redis_acl_checks(services))
+    assert runs[-1] == {
+        "user": "default",
+        "args": ["ping"],
+        "expect": "refused",
+        "line": "ACL DRYRUN default ping",
+    }
+    npu = [r for r in runs if r["user"] == "npu-worker"]
+    assert {r["expect"] for r in npu} == {"ok", "refused"}
+    assert all(r["line"].startswith("ACL DRYRUN npu-worker ") for r in npu)
+    assert acl._quote('a b"c') == '"a b\\"c"'
+    assert acl._quote("cache:x") == "cache:x"
+
+
+def test_dry_run_problems_name_what_answered_wrongly(services: dict) -> None:
+    runs = acl.redis_acl_dryruns(acl.redis_acl_checks(services))
+    right = ["OK" if r["expect"] == "ok" else "This user has no permissions" for r in runs]
+    assert acl.redis_acl_dryrun_problems(runs, right) == []
+    wrong = list(right)
+    wrong[0] = "This user has no permissions to access the 'x' key"
+    wrong[-1] = "OK"
+    problems = acl.redis_acl_dryrun_problems(runs, wrong)
+    assert len(problems) == 2
+    assert "refused although needed" in problems[0]
+    assert problems[1].startswith("default: ping: allowed although forbidden")
+    assert "expected" in acl.redis_acl_dryrun_problems(runs, right[:-1])[0]

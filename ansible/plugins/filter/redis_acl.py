@@ -258,9 +258,46 @@ def redis_acl_checks(services: Any) -> list[dict[str, Any]]:
     return checks
 
 
+def _quote(arg: str) -> str:
+    """One argument as redis-cli reads it from standard input (its own quoting, sdssplitargs)."""
+    if arg and all(c.isalnum() or c in "-_:.*|@~+" for c in arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def redis_acl_dryruns(checks: Any) -> list[dict[str, Any]]:
+    """Every ACL DRYRUN of `redis_acl_checks`, plus the default user, as redis-cli input lines with what each
+    must answer (OK, or a refusal): all of them go to Redis in one redis-cli call, one reply line each."""
+    runs = []
+    for check in checks:
+        for expect, key in (("ok", "allowed"), ("refused", "refused")):
+            for args in check[key]:
+                words = ["ACL", "DRYRUN", check["user"], *args]
+                runs.append({"user": check["user"], "args": list(args), "expect": expect,
+                             "line": " ".join(_quote(str(w)) for w in words)})  # fmt: skip
+    runs.append({"user": "default", "args": ["ping"], "expect": "refused", "line": "ACL DRYRUN default ping"})
+    return runs
+
+
+def redis_acl_dryrun_problems(runs: Any, replies: Any) -> list[str]:
+    """What did not answer as it must: 'user: args: reply' for each, or why the replies cannot be read."""
+    replies = list(replies)
+    if len(replies) != len(runs):
+        return [f"expected {len(runs)} replies from redis-cli, got {len(replies)}: {replies[:3]}"]
+    problems = []
+    for run, reply in zip(runs, replies, strict=True):
+        allowed = reply.strip() == "OK"
+        if allowed != (run["expect"] == "ok"):
+            verdict = "refused although needed" if run["expect"] == "ok" else "allowed although forbidden"
+            problems.append(f"{run['user']}: {' '.join(run['args'])}: {verdict} ({reply.strip()})")
+    return problems
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
+            "redis_acl_dryruns": redis_acl_dryruns,
+            "redis_acl_dryrun_problems": redis_acl_dryrun_problems,
             "redis_acl_users": redis_acl_users,
             "redis_password_hashes": redis_password_hashes,
             "redis_acl_rules": redis_acl_rules,

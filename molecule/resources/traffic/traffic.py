@@ -42,10 +42,12 @@ class Results:
         self.requests = 0
         self.failed = 0
         self.started = time.time()
+        self.latencies: list[float] = []
 
-    def record(self, route: str, status: int | str, ok: bool, detail: str = "") -> None:
+    def record(self, route: str, status: int | str, ok: bool, detail: str = "", seconds: float = 0.0) -> None:
         with self.lock:
             self.requests += 1
+            self.latencies.append(seconds)
             self.by_route[route] += 1
             self.statuses[f"{route} {status}"] += 1
             if not ok:
@@ -66,6 +68,7 @@ class Results:
                 "mode": mode,
                 "requests": self.requests,
                 "failed": self.failed,
+                "latency_ms": _latency(self.latencies),
                 "by_route": dict(self.by_route),
                 "statuses": dict(self.statuses),
                 "failures": self.failures,
@@ -104,16 +107,18 @@ class User:
 
     def call(self, route: str, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
         headers = {"cookie": self.cookie} if self.cookie else {}
+        started = time.monotonic()
         try:
             status, response_headers, data = request(self.target, method, path, body, headers)
         except OSError as exc:
-            self.results.record(route, type(exc).__name__, False, str(exc))
+            self.results.record(route, type(exc).__name__, False, str(exc), time.monotonic() - started)
             return None
         cookie = response_headers.get("set-cookie")
         if cookie:
             self.cookie = cookie.split(";", 1)[0]
         good = status in ok
-        self.results.record(route, status, good, "" if good else data.decode("utf-8", "replace"))
+        detail = "" if good else data.decode("utf-8", "replace")
+        self.results.record(route, status, good, detail, time.monotonic() - started)
         if not good or not data:
             return None
         try:
@@ -201,7 +206,9 @@ def run_rogue(target: str, results: Results, deadline: float, count: int, pause:
         STOP.wait(pause)
 
 
-def run_legit(target: str, results: Results, deadline: float, count: int, users: int, pause: float) -> None:
+def run_legit(
+    target: str, results: Results, deadline: float, count: int, users: int, pause: float, chat_only: bool
+) -> None:
     budget = threading.Semaphore(count)
 
     def worker(index: int) -> None:
@@ -209,7 +216,7 @@ def run_legit(target: str, results: Results, deadline: float, count: int, users:
         user.start()
         n = 0
         while not STOP.is_set() and time.time() < deadline and budget.acquire(blocking=False):
-            user.loop(n)
+            user.loop(n, chat_only)
             n += 1
             STOP.wait(pause)
 
@@ -230,6 +237,7 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--pause", type=float, default=0.05)
+    parser.add_argument("--chat-only", action="store_true", help="legit: chat turns only (the flip benchmark)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     duration, count = min(args.duration, 900.0), min(args.count, 20000)
@@ -237,7 +245,7 @@ def main() -> None:
     results = Results()
     deadline = time.time() + duration
     if args.mode == "legit":
-        run_legit(args.target, results, deadline, count, args.users, args.pause)
+        run_legit(args.target, results, deadline, count, args.users, args.pause, args.chat_only)
     else:
         run_rogue(args.target, results, deadline, count, args.pause)
     tmp = args.out + ".tmp"
