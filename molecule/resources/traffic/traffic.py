@@ -76,6 +76,17 @@ class Results:
             }
 
 
+def _latency(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.50), "p99": at(0.99), "max": round(1000 * ordered[-1], 2)}
+
+
 def request(
     target: str,
     method: str,
@@ -237,7 +248,7 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--pause", type=float, default=0.05)
-    parser.add_argument("--chat-only", action="store_true", help="legit: chat turns only (the flip benchmark)")
+    parser.add_argument("--chat-only", action="store_true", help="legit: chat turns only (flip benchmark)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     duration, count = min(args.duration, 900.0), min(args.count, 20000)
