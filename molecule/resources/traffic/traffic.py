@@ -138,19 +138,20 @@ class User:
             return data
 
     def start(self) -> None:
-        created = self.call("POST /api/chat/sessions", "POST", "/api/chat/sessions", {}, ok=(201, 404, 405))
-        if isinstance(created, dict) and created.get("session_id"):
-            self.session = created["session_id"]
-        else:  # a backend from before server-issued sessions: the client names its conversation
-            self.session = f"traffic-{os.getpid()}-{self.index}-{secrets.token_hex(4)}"
+        created = self.call("POST /api/chat/sessions", "POST", "/api/chat/sessions", {}, ok=(201,))
+        if not (isinstance(created, dict) and created.get("session_id")):
+            raise SystemExit(f"user {self.index}: main-backend issued no session: {created!r}")
+        self.session = created["session_id"]
 
-    def loop(self, n: int) -> None:
+    def loop(self, n: int, chat_only: bool = False) -> None:
         self.call(
             "POST /api/chat",
             "POST",
             "/api/chat",
             {"session_id": self.session, "message": f"traffic turn {n} from user {self.index}"},
         )
+        if chat_only:
+            return
         self.call(
             "POST /api/tools/process",
             "POST",
