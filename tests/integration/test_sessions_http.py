@@ -427,3 +427,26 @@ async def test_without_silence_there_is_no_heartbeat(backend: Backend) -> None:
     assert streamed.status == 200
     assert ": ping" not in streamed.body.decode()
     assert parse_sse(streamed.body.decode())[-1][0] == "done"
+
+
+async def test_a_turn_on_another_main_backend_keeps_the_conversation(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Redis
+) -> None:
+    """nginx keeps an identity on one main-backend; when a machine is added or lost, its users move. The new
+    machine's transcript is behind Redis: its turn extends Redis's window and count, never cuts them back."""
+    one = backend_config(tmp_path / "one", redis_server.url)
+    two = backend_config(tmp_path / "two", redis_server.url)
+    browser = Client()
+    async with serve(one, redis_server.url) as first, serve(two, redis_server.url) as second:
+        session_id = await browser.new_session(first)
+        for turn in range(5):
+            assert (
+                await _chat(first, browser, session_id, f"turn {turn} on the first machine")
+            ).status == 200
+        moved = await _chat(second, browser, session_id, "a turn on the second machine")
+        assert moved.status == 200, moved.body
+        assert moved.json()["history_used"] == 10  # the five earlier turns were the context
+        page = (await second.call("GET", f"/api/chat/sessions/{session_id}/messages", client=browser)).json()
+        assert page["total"] == 12
+        assert page["messages"][-2]["content"] == "a turn on the second machine"
+        assert await redis_client.llen(f"chat:history:{session_id}") == 12

@@ -85,7 +85,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 # The project files a wheel is built from: anything else in the checkout cannot change the wheel.
-_WHEEL_SOURCES = ("pyproject.toml", "README.md", "src/autobot")
+_WHEEL_SOURCES = ("pyproject.toml", "src/autobot")
 # Wheels carry this timestamp, so the same source always gives the same bytes (1980-01-01, zip's epoch).
 _SOURCE_DATE_EPOCH = "315532800"
 

@@ -70,6 +70,9 @@ class AppendResult:
     diverged: bool
     # The newest entries right after the append, oldest first (empty unless a window was asked for).
     window: list[ChatEntry]
+    # The message count Redis held before the append. More than this machine's transcript had: another
+    # main-backend served the session, and Redis, not this transcript, holds its recent history.
+    held_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +184,12 @@ class RedisChatHistory:
         held_seq, held_length = int(results[0] or 0), int(results[1])
         diverged = held_seq != previous or held_length != self.holds(previous)
         read = _decode_entries(results[-1], key) if window > 0 else []
-        return AppendResult(diverged=diverged, window=read)
+        return AppendResult(diverged=diverged, window=read, held_total=held_seq)
+
+    async def set_total(self, session_id: str, total: int) -> None:
+        """Record `total` as the session's message count (the list itself is left as it is)."""
+        async with _redis_errors("counting", session_id):
+            await self._redis.hset(meta_key(session_id), "seq", total)
 
     async def replace(self, session_id: str, newest: Sequence[ChatEntry], *, total: int) -> None:
         """Make the list the transcript's newest entries (oldest first) and `total` its message count: the

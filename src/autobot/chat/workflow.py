@@ -355,6 +355,13 @@ class ChatWorkflowManager:
         )
         if not result.diverged:
             return result.window
+        if result.held_total > receipt.last_seq - len(entries):
+            # Redis held more than this machine's transcript: the session was served by another main-backend
+            # (its transcript is the record there). Keep Redis's longer window, which the append extended,
+            # and its count; never cut it back to this machine's shorter record.
+            await self.history.set_total(session_id, result.held_total + len(entries))
+            log.info("session %r was served by another main-backend; its Redis window is kept", session_id)
+            return result.window
         newest = await transcript.tail(self.history.max_messages)
         await self.history.replace(session_id, [r.entry for r in newest], total=receipt.last_seq)
         log.info("chat history of session %r was not in step with its transcript; rebuilt", session_id)
