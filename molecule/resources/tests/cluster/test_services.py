@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -101,43 +102,53 @@ def test_main_backend_created_its_schema(host: Any, services: dict[str, Any], la
     assert host.file(db).user == layout["autobot_service_user"]
 
 
+def _chat_on_main_backend(backend: Any, port: int, message: str) -> tuple[str, dict[str, Any]]:
+    """A user's chat on main-backend's machine: a session issued to a cookie, then one turn."""
+    base = f"http://127.0.0.1:{port}"
+    jar = "/run/molecule-verify.cookies"
+    curl = f"curl -sf -b {jar} -c {jar} -H 'content-type: application/json'"
+    session = json.loads(backend.check_output(f"{curl} -X POST {base}/api/chat/sessions -d '{{}}'"))
+    body = json.dumps({"message": message, "session_id": session["session_id"]})
+    return session["session_id"], json.loads(
+        backend.check_output(f"{curl} -X POST {base}/api/chat -d '{body}'")
+    )
+
+
 def test_a_chat_on_main_backend_is_answered_through_ai_stack(host: Any, services: dict[str, Any]) -> None:
     service_id, spec = _needs(host, services, "python")
     if service_id != "main-backend":
         pytest.skip("the chat enters the cluster on main-backend")
-    base = f"http://127.0.0.1:{spec['port']}"
-    jar = "/run/molecule-verify.cookies"
-    curl = f"curl -sf -b {jar} -c {jar} -H 'content-type: application/json'"
-    session = json.loads(host.check_output(f"{curl} -X POST {base}/api/chat/sessions -d '{{}}'"))[
-        "session_id"
-    ]
-    body = json.dumps({"message": "hello from molecule verify", "session_id": session})
-    reply = json.loads(host.check_output(f"{curl} -X POST {base}/api/chat -d '{body}'"))
+    session, reply = _chat_on_main_backend(host, spec["port"], "hello from molecule verify")
     assert reply["provider"] == "ai-stack"
     assert "hello from molecule verify" in reply["reply"]
     # The session is this client's: another client (no cookie) gets 404.
-    stranger = host.run(
-        f"curl -s -o /dev/null -w '%{{http_code}}' {base}/api/chat/sessions/{session}/messages"
-    )
-    assert stranger.stdout == "404"
+    url = f"http://127.0.0.1:{spec['port']}/api/chat/sessions/{session}/messages"
+    assert host.run(f"curl -s -o /dev/null -w '%{{http_code}}' {url}").stdout == "404"
 
 
 def test_ai_stack_audited_main_backends_signed_call(
-    host: Any, services: dict[str, Any], layout: dict[str, Any]
+    host: Any, services: dict[str, Any], layout: dict[str, Any], machine: Any
 ) -> None:
     service_id, _ = _needs(host, services, "python")
     if service_id != "ai-stack":
         pytest.skip("ai-stack receives main-backend's signed inference call")
+    # testinfra orders tests host by host: make the call from here rather than rely on another host's test.
+    _chat_on_main_backend(machine("autobot-main-backend"), services["main-backend"]["port"], "audited call")
     log = host.file(f"{layout['autobot_log_dir']}/service-auth-audit.log")
     # Readable by root and the service group only (0640 at most).
     assert (log.user, log.group) == (layout["autobot_service_user"], layout["autobot_service_group"])
     assert log.mode & 0o137 == 0, oct(log.mode)
-    lines = [json.loads(line) for line in log.content_string.splitlines() if line.strip()]
-    allowed = [
-        r
-        for r in lines
-        if r["caller"] == "main-backend" and r["path"] == "/api/inference" and r["decision"] == "allow"
-    ]
+    allowed: list[dict[str, Any]] = []
+    for _ in range(50):  # the audit writer batches its lines (20 ms)
+        lines = [json.loads(line) for line in log.content_string.splitlines() if line.strip()]
+        allowed = [
+            r
+            for r in lines
+            if r["caller"] == "main-backend" and r["path"] == "/api/inference" and r["decision"] == "allow"
+        ]
+        if allowed:
+            break
+        time.sleep(0.1)
     assert allowed, lines[-5:]
     assert allowed[-1]["keyid"] == "main-backend:v1"
 
