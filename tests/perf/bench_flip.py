@@ -37,14 +37,15 @@ DROP_IN = f"/etc/systemd/system/{UNIT}.service.d/bench-no-socket.conf"
 def on_backend(command: str, *, check: bool = True) -> str:
     """Run a shell command as root on the main-backend machine, through Ansible (SSH, become)."""
     result = subprocess.run(
-        ["ansible", "-i", str(INVENTORY), HOST, "-b", "-o", "-m", "ansible.builtin.shell", "-a", command],
+        ["ansible", "-i", str(INVENTORY), HOST, "-b", "-m", "ansible.builtin.shell", "-a", command],
         capture_output=True, text=True, cwd=ROOT, check=False,
         env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": f"{Path(sys.executable).parent}:/bin"},
     )  # fmt: skip
     if check and result.returncode != 0:
         raise RuntimeError(f"{command!r} failed on {HOST}: {result.stdout[-800:]}{result.stderr[-800:]}")
-    # ansible -o prints "host | CHANGED | rc=0 | (stdout) <text>"
-    return result.stdout.split("(stdout) ", 1)[1].strip() if "(stdout) " in result.stdout else ""
+    # ansible prints "host | CHANGED | rc=0 >>" and then the command's standard output.
+    head, _, body = result.stdout.partition(" >>\n")
+    return body.strip() if head else ""
 
 
 def flip_to(release: str) -> None:

@@ -36,7 +36,8 @@ def healthy(host: Any, port: int) -> bool:
 
 
 def output(result: Any) -> str:
-    return str(result.stdout + result.stderr)
+    """What the run printed, with Ansible's line wrapping undone (messages are searched for phrases)."""
+    return " ".join(str(result.stdout + result.stderr).split())
 
 
 @pytest.fixture
@@ -190,5 +191,6 @@ def test_main_backend_refuses_a_rollback_to_code_older_than_its_schema(machine: 
     text = output(refused)
     assert refused.returncode != 0
     assert "newer than this code knows" in text
+    assert "A schema never goes back" in text
     assert serving(backend) == current, "refused before anything changed"
     assert healthy(backend, 8001)

@@ -35,7 +35,8 @@ def _save(name: str, data: Any) -> None:
 
 
 def _text(result: Any) -> str:
-    return str(result.stdout + result.stderr)
+    """What the run printed, with Ansible's line wrapping undone (messages are searched for phrases)."""
+    return " ".join(str(result.stdout + result.stderr).split())
 
 
 def _phase(host: Any, service: str) -> str:
