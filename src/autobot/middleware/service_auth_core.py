@@ -39,6 +39,9 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 REBUILD_INTERVAL_S = 10.0
 # Handlers may read the decision (e.g. the verified caller) from the scope under this key.
 SCOPE_KEY = "autobot.service_auth"
+# The caller key ids the middleware accepts (ids only, never keys), for the health answer: the versions this
+# process loaded at start, which is what a rotation checks before it moves on.
+VERIFYING_KEYS_SCOPE_KEY = "autobot.verifying_keys"
 log = logging.getLogger("autobot.service_auth")
 
 
@@ -261,6 +264,7 @@ class ServiceAuthMiddlewareBase:
             await self.on_refused(scope, receive, send, refused)
             return
         ctx = components.ctx
+        scope[VERIFYING_KEYS_SCOPE_KEY] = ctx.keyring.verifying_key_ids
         target = ctx.classify(method, raw_path, query_string)
         body = BufferedBody(chunks=[])
         if scope["type"] == "http" and target.needs_body:

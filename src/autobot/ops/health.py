@@ -162,6 +162,8 @@ def health_table(machines: Iterable[MachineHealth], title: str) -> Table:
         "base dirs",
         "release",
         "phase",
+        "keys",
+        "redis pw",
         "services",
         "state",
     ):
@@ -177,6 +179,8 @@ def health_table(machines: Iterable[MachineHealth], title: str) -> Table:
             "ok" if m.base_dirs_ok else "missing",
             release_text(m.release),
             m.phase or "-",
+            keys_text(m.keys),
+            "-" if m.redis_password_generation is None else f"gen {m.redis_password_generation}",
             services if m.reached and not m.error else m.error,
             "[green]healthy[/]" if m.healthy else "[red]attention[/]",
         )
