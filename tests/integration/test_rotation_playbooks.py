@@ -185,3 +185,25 @@ def test_a_redis_password_rotation_stopped_after_the_add_resumes_to_done(
     refused = play(inventory, "rotate-redis-passwords.yml", "service=frontend")
     assert refused.returncode != 0
     assert "give at most one Redis ACL user" in " ".join(refused.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "playbook",
+    [
+        "playbooks/rotate-service-keys.yml",
+        "playbooks/rotate-redis-passwords.yml",
+        "molecule/resources/rotation/prove-redis-logins.yml",
+    ],
+)
+def test_the_playbooks_parse(playbook: str) -> None:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    result = subprocess.run(
+        [str(PLAYBOOK), "-i", str(ROOT / "inventory" / "local"), str(ROOT / playbook), "--syntax-check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
