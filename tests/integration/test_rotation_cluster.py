@@ -20,13 +20,14 @@ import httpx
 import pytest
 import yaml
 from tests.integration.cluster import Cluster, read_audit, running_cluster
+from tests.security.auth_support import signed_request
 from tests.support.redis_server import RedisServer
 
 from autobot.security.distribution import machine_key_files
+from autobot.security.keyring import Keyring
 from autobot.security.keyring_file import dump_keyring, parse_keyring, plan_keyring, read_keyring
-from autobot.security.keys import KeyId, derive_pair_key
 from autobot.security.rotation import key_begin, key_revoke, key_step
-from autobot.security.signing import new_nonce, sign_request
+from autobot.security.signing import new_nonce
 
 pytestmark = pytest.mark.slow
 
@@ -108,19 +109,14 @@ def refusals_of_main_backend(cluster: Cluster) -> list[dict[str, Any]]:
 
 
 def signed_with(master: bytes, version: int) -> tuple[bytes, dict[str, str]]:
-    """A POST /api/process to npu-worker signed by main-backend with master key version `version`."""
+    """A POST /api/process to npu-worker signed by main-backend with master key `version`."""
     body = json.dumps({"texts": ["an old key"], "dimensions": 8}).encode()
-    signed = sign_request(
-        key=derive_pair_key(master, "npu-worker"),
-        key_id=KeyId("main-backend", version),
-        method="POST",
-        raw_path=b"/api/process",
-        query_string=b"",
-        body=body,
-        created=int(time.time()),
-        nonce=new_nonce(),
+    signer = Keyring("main-backend", masters={version: master})
+    request = signed_request(
+        signer, "npu-worker", "POST", b"/api/process", body=body, created=int(time.time()), nonce=new_nonce()
     )
-    return body, {**signed.as_dict(), "content-type": "application/json"}
+    headers = {name.decode(): value.decode() for name, value in request.headers}
+    return body, {**headers, "content-type": "application/json"}
 
 
 def test_a_staged_rotation_refuses_no_signed_call_at_any_point_of_the_rolling_restarts(

@@ -11,10 +11,11 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import filter_loader
 from ansible.template import Templar, trust_as_template
+from tests.support.secrets import planned_secrets
 
 from autobot.security.backup import BackupError, decrypt_backup, encrypt_backup
 from autobot.security.distribution import DistributionError, machine_files, machine_key_files
-from autobot.security.keyring_file import dump_keyring, plan_keyring
+from autobot.security.keyring_file import plan_keyring
 from autobot.security.keys import derive_pair_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,13 +90,7 @@ def test_backup_round_trip_is_deterministic_and_bound_to_its_environment() -> No
 
 def _secrets(services: dict[str, Any]) -> dict[str, Any]:
     """Secrets shaped as the autobot_secrets module plans them (passwords made up, keys generated)."""
-    keyring, _ = plan_keyring(None, services)
-    users = ["admin", *(sid for sid, svc in services.items() if svc.get("redis"))]
-    return {
-        "keyring": yaml.safe_load(dump_keyring(keyring)),
-        "redis": {"users": {user: f"password-of-{user}" for user in users}, "previous": {}},
-        "backup_key": "00" * 32,
-    }
+    return planned_secrets(services)
 
 
 def test_machine_files_hold_the_keys_and_the_redis_passwords_with_their_owners_and_modes(

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from tests.support.secrets import matrix_services, planned_secrets
 
 from autobot.security.distribution import VERSIONS_FILE, machine_files, machine_key_files
 from autobot.security.keyring import Keyring
-from autobot.security.keyring_file import ControllerKeyring, dump_keyring, parse_keyring, plan_keyring
+from autobot.security.keyring_file import ControllerKeyring, parse_keyring, plan_keyring
 from autobot.security.rotation import key_begin, key_revoke, key_step
 
 NOW = "2026-01-01T00:00:00Z"
@@ -31,8 +31,7 @@ KEY_DIR = "/etc/autobot/service-keys"
 
 @pytest.fixture
 def services(services_matrix_file: Path) -> dict[str, Any]:
-    data = yaml.safe_load(services_matrix_file.read_text(encoding="utf-8"))
-    return dict(data["autobot_services"])
+    return matrix_services(services_matrix_file)
 
 
 def _keys() -> Iterator[bytes]:
@@ -43,17 +42,7 @@ def _keys() -> Iterator[bytes]:
 
 
 def _secrets(services: dict[str, Any]) -> dict[str, Any]:
-    keyring, _ = plan_keyring(None, services, new_key=_keys().__next__)
-    users = ["admin", *(sid for sid, svc in services.items() if svc.get("redis"))]
-    return json.loads(
-        json.dumps(
-            {
-                "keyring": yaml.safe_load(dump_keyring(keyring)),
-                "redis": {"users": {u: f"password-of-{u}" for u in users}, "previous": {}},
-                "backup_key": "00" * 32,
-            }
-        )
-    )
+    return planned_secrets(services, new_key=_keys().__next__)
 
 
 def _ring(secrets: dict[str, Any]) -> ControllerKeyring:

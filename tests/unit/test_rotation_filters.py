@@ -3,16 +3,14 @@ the logins the Redis proof tries. Loaded from their plugin file, as Ansible load
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from ansible.errors import AnsibleFilterError
 from tests.support.ansible_plugins import load_filter_plugin
+from tests.support.secrets import matrix_services, planned_secrets
 
-from autobot.security.keyring_file import dump_keyring, plan_keyring
 from autobot.security.rotation import key_begin, redis_begin, redis_step
 
 keys_filters = load_filter_plugin("autobot_keys.py", "autobot_keys_filters")
@@ -21,20 +19,12 @@ NOW = "2026-01-01T00:00:00Z"
 
 @pytest.fixture
 def services(services_matrix_file: Path) -> dict[str, Any]:
-    data = yaml.safe_load(services_matrix_file.read_text(encoding="utf-8"))
-    return dict(data["autobot_services"])
+    return matrix_services(services_matrix_file)
 
 
 @pytest.fixture
 def secrets(services: dict[str, Any]) -> dict[str, Any]:
-    keyring, _ = plan_keyring(None, services)
-    users = ["admin", *(sid for sid, svc in services.items() if svc.get("redis"))]
-    doc = {
-        "keyring": yaml.safe_load(dump_keyring(keyring)),
-        "redis": {"users": {u: f"password-of-{u}" for u in users}, "previous": {}},
-        "backup_key": "00" * 32,
-    }
-    return json.loads(json.dumps(doc))
+    return planned_secrets(services)
 
 
 def test_key_ids_name_what_a_machine_signs_with_and_accepts(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.support.secrets import matrix_services, planned_secrets
 
 from autobot.security.keyring_file import ServiceKeys, dump_keyring, parse_keyring, plan_keyring
 from autobot.security.rotation import (
@@ -31,20 +32,12 @@ NEW = b"\x42" * 32
 
 @pytest.fixture
 def services(services_matrix_file: Path) -> dict[str, Any]:
-    data = yaml.safe_load(services_matrix_file.read_text(encoding="utf-8"))
-    return dict(data["autobot_services"])
+    return matrix_services(services_matrix_file)
 
 
 @pytest.fixture
 def secrets(services: dict[str, Any]) -> dict[str, Any]:
-    keyring, _ = plan_keyring(None, services)
-    users = ["admin", *(sid for sid, svc in services.items() if svc.get("redis"))]
-    doc = {
-        "keyring": yaml.safe_load(dump_keyring(keyring)),
-        "redis": {"users": {u: f"password-of-{u}" for u in users}, "previous": {}},
-        "backup_key": "00" * 32,
-    }
-    return json.loads(json.dumps(doc))
+    return planned_secrets(services)
 
 
 def _entry(secrets: dict[str, Any], service: str) -> ServiceKeys:
@@ -243,9 +236,12 @@ def test_a_redis_rotation_under_way_is_resumed_not_restarted(secrets: dict[str, 
 # -- the module, as Ansible runs it ------------------------------------------------------------------------
 
 
-def run_module(tmp_path: Path, **args: Any) -> dict[str, Any]:
+def run_module(
+    tmp_path: Path, current: dict[str, Any], services: dict[str, Any], **args: Any
+) -> dict[str, Any]:
     args_file = tmp_path / "args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    module_args = {"current": current, "services": services, "admin_user": "admin", **args}
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": module_args}))
     out = subprocess.run(
         [sys.executable, str(MODULE), str(args_file)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -256,25 +252,11 @@ def run_module(tmp_path: Path, **args: Any) -> dict[str, Any]:
 def test_the_module_applies_a_step_and_reports_the_stages(
     tmp_path: Path, secrets: dict[str, Any], services: dict[str, Any]
 ) -> None:
-    result = run_module(
-        tmp_path,
-        current=secrets,
-        services=services,
-        admin_user="admin",
-        step="keys-begin",
-        targets=["ai-stack"],
-    )
+    result = run_module(tmp_path, secrets, services, step="keys-begin", targets=["ai-stack"])
     assert result["changed"] is True
     assert result["differs"] is True
     assert result["stages"] == {"ai-stack": "planned"}
-    again = run_module(
-        tmp_path,
-        current=result["secrets"],
-        services=services,
-        admin_user="admin",
-        step="keys-begin",
-        targets=["ai-stack"],
-    )
+    again = run_module(tmp_path, result["secrets"], services, step="keys-begin", targets=["ai-stack"])
     assert again["changed"] is False
     assert again["secrets"] == result["secrets"]
 
@@ -282,14 +264,7 @@ def test_the_module_applies_a_step_and_reports_the_stages(
 def test_the_module_refuses_a_bad_step_with_a_message_that_names_no_secret(
     tmp_path: Path, secrets: dict[str, Any], services: dict[str, Any]
 ) -> None:
-    result = run_module(
-        tmp_path,
-        current=secrets,
-        services=services,
-        admin_user="admin",
-        step="keys-revoke",
-        revoke="ai-stack:v4",
-    )
+    result = run_module(tmp_path, secrets, services, step="keys-revoke", revoke="ai-stack:v4")
     assert result["failed"] is True
     assert "cannot revoke ai-stack:v4: v4 is not held" in result["msg"]
     assert "secrets" not in result
@@ -303,11 +278,11 @@ def test_generate_keeps_rotation_records_and_generations_and_migrates_a_v1_keyri
 ) -> None:
     begun = redis_begin(secrets, ["ai-stack"], now=NOW, new_password=lambda: "x" * 64).secrets
     begun = key_begin(begun, ["ai-stack"], now=NOW, new_key=lambda: NEW).secrets
-    result = run_module(tmp_path, current=begun, services=services, admin_user="admin")
+    result = run_module(tmp_path, begun, services)
     assert result["changed"] is False, result["changes"]
     assert result["secrets"] == begun
     v1 = {**secrets, "keyring": {**secrets["keyring"], "format": "autobot-keyring-v1"}}
-    migrated = run_module(tmp_path, current=v1, services=services, admin_user="admin")
+    migrated = run_module(tmp_path, v1, services)
     assert migrated["changed"] is True
     assert migrated["secrets"]["keyring"]["format"] == "autobot-keyring-v2"
     assert migrated["secrets"]["redis"]["generation"] == {}

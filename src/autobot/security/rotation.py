@@ -178,35 +178,59 @@ def key_begin(
     return StepResult(_normalised(result), changes)
 
 
+Move = Callable[[str, dict[str, Any]], tuple[dict[str, Any], str]]
+"""What a step does to one target: (its updated record, the change line); the record already holds the new
+stage and time."""
+
+
+def _advance(
+    records: dict[str, dict[str, Any]], chosen: list[str], stage_pair: tuple[str, str], now: str, move: Move
+) -> list[str]:
+    """Apply `move` to each chosen target whose record is at the starting stage; the others stay as they are,
+    which makes every step idempotent."""
+    before, after = stage_pair
+    changes = []
+    for name in chosen:
+        record = records.get(name)
+        if record is None or record.get("stage") != before:
+            continue
+        records[name], change = move(name, {**record, "stage": after, "updated": now})
+        changes.append(change)
+    return changes
+
+
+def _step_of(table: dict[str, tuple[str, str]], step: str, what: str) -> tuple[str, str]:
+    if step not in table:
+        raise RotationError(f"unknown {what} rotation step {step!r}: one of {', '.join(table)}")
+    return table[step]
+
+
 def key_step(secrets: Mapping[str, Any], services: Iterable[str], step: str, *, now: str) -> StepResult:
     """Move every chosen service whose record is at the step's starting stage on to the next stage, with
     the keyring change that belongs to it (`switch`: sign with the staged version; `retire`: drop the
     previous one). Services elsewhere are left as they are, so a step is idempotent."""
-    if step not in KEY_STEPS:
-        raise RotationError(f"unknown key rotation step {step!r}: one of {', '.join(KEY_STEPS)}")
-    before, after = KEY_STEPS[step]
+    stage_pair = _step_of(KEY_STEPS, step, "key")
     result = copy.deepcopy(dict(secrets))
     keyring = _keyring(result)
     chosen = _check_targets(services, keyring.services, "a service with keys")
     records = _records(result, "keys")
-    changes: list[str] = []
-    for service in chosen:
-        record = records.get(service)
-        if record is None or record.get("stage") != before:
-            continue
+
+    def move(service: str, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        nonlocal keyring
         entry = keyring.entry(service)
-        _check_key_record(service, entry, record)
-        old = entry.current
+        _check_key_record(service, entry, records[service])
         if step == "switch":
+            change = f"{service} signs with v{entry.staged} (v{entry.current} still accepted)"
             entry = switch(entry)
-            changes.append(f"{service} signs with v{entry.current} (v{old} still accepted)")
         elif step == "retire":
-            changes.append(f"{KeyId(service, int(entry.previous or 0))} retired")
+            change = f"{KeyId(service, int(entry.previous or 0))} retired"
             entry = retire(entry)
         else:
-            changes.append(f"{service}: {after} (v{record['version']})")
+            change = f"{service}: {record['stage']} (v{record['version']})"
         keyring = keyring.with_entry(service, entry)
-        records[service] = {**record, "stage": after, "updated": now}
+        return record, change
+
+    changes = _advance(records, chosen, stage_pair, now, move)
     _with_keyring(result, keyring)
     return StepResult(_normalised(result), changes)
 
@@ -307,29 +331,23 @@ def redis_begin(
 def redis_step(secrets: Mapping[str, Any], users: Iterable[str], step: str, *, now: str) -> StepResult:
     """Move every chosen user whose record is at the step's starting stage on; `remove` takes the old
     password out of `redis.previous` (the record keeps it until `done`, for the refused-login proof)."""
-    if step not in REDIS_STEPS:
-        raise RotationError(f"unknown Redis rotation step {step!r}: one of {', '.join(REDIS_STEPS)}")
-    before, after = REDIS_STEPS[step]
+    stage_pair = _step_of(REDIS_STEPS, step, "Redis")
     result = copy.deepcopy(dict(secrets))
     redis = _redis(result)
     chosen = _check_targets(users, redis["users"], "a Redis ACL user")
-    records = _records(result, "redis")
-    changes: list[str] = []
-    for user in chosen:
-        record = records.get(user)
-        if record is None or record.get("stage") != before:
-            continue
-        updated = {**record, "stage": after, "updated": now}
+
+    def move(user: str, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
         if step == "remove":
             if user not in redis["previous"]:
                 raise RotationError(
                     f"redis user {user}: the record says switched but the secrets hold no previous password"
                 )
-            updated["retired_password"] = redis["previous"].pop(user)
+            record["retired_password"] = redis["previous"].pop(user)
         elif step == "done":
-            updated.pop("retired_password", None)
-        records[user] = updated
-        changes.append(f"redis user {user}: {after}")
+            record.pop("retired_password", None)
+        return record, f"redis user {user}: {record['stage']}"
+
+    changes = _advance(_records(result, "redis"), chosen, stage_pair, now, move)
     return StepResult(_normalised(result), changes)
 
 
