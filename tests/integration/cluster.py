@@ -100,7 +100,7 @@ def generate_keyring(path: Path, matrix_file: Path = MATRIX_FILE) -> dict[str, d
         timeout=60,
     )
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert doc["format"] == "autobot-keyring-v1", doc.get("format")
+    assert doc["format"] == "autobot-keyring-v2", doc.get("format")
     return {
         service: {int(version): bytes.fromhex(hex_key) for version, hex_key in entry["keys"].items()}
         for service, entry in doc["services"].items()

@@ -61,7 +61,8 @@ def _write(path: Path, key: bytes) -> None:
 
 
 def write_key_dir(directory: Path, service: str, keyring: ControllerKeyring) -> Path:
-    """Lay out `service`'s key files as the deployment does: its masters, and the pair keys of its callers."""
+    """Lay out `service`'s key files: every master version the keyring holds (the deployment ships only the
+    current one; the loader must cope with more), and the pair keys of its callers."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o750)
     for old in directory.glob("*.key"):

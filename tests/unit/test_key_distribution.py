@@ -11,10 +11,11 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import filter_loader
 from ansible.template import Templar, trust_as_template
+from tests.support.secrets import planned_secrets
 
 from autobot.security.backup import BackupError, decrypt_backup, encrypt_backup
 from autobot.security.distribution import DistributionError, machine_files, machine_key_files
-from autobot.security.keyring_file import dump_keyring, plan_keyring
+from autobot.security.keyring_file import plan_keyring
 from autobot.security.keys import derive_pair_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def test_no_machine_receives_a_key_that_signs_towards_another_service(services: 
                     assert master.hex() not in files.values()
 
 
-def test_rotation_ships_current_and_previous_but_not_older(services: dict) -> None:
+def test_verifiers_get_current_and_previous_and_the_signer_only_its_current_master(services: dict) -> None:
     keyring, _ = plan_keyring(None, services)
     keyring, _ = plan_keyring(keyring, services, rotate=["main-backend"])
     keyring, _ = plan_keyring(keyring, services, rotate=["main-backend"])
@@ -60,8 +61,7 @@ def test_rotation_ships_current_and_previous_but_not_older(services: dict) -> No
         "pair.main-backend.v2.key",
     }
     assert {n for n in machine_key_files(keyring, services, "main-backend") if n.startswith("master")} == {
-        "master.v3.key",
-        "master.v2.key",
+        "master.v3.key"
     }
 
 
@@ -90,13 +90,7 @@ def test_backup_round_trip_is_deterministic_and_bound_to_its_environment() -> No
 
 def _secrets(services: dict[str, Any]) -> dict[str, Any]:
     """Secrets shaped as the autobot_secrets module plans them (passwords made up, keys generated)."""
-    keyring, _ = plan_keyring(None, services)
-    users = ["admin", *(sid for sid, svc in services.items() if svc.get("redis"))]
-    return {
-        "keyring": yaml.safe_load(dump_keyring(keyring)),
-        "redis": {"users": {user: f"password-of-{user}" for user in users}, "previous": {}},
-        "backup_key": "00" * 32,
-    }
+    return planned_secrets(services)
 
 
 def test_machine_files_hold_the_keys_and_the_redis_passwords_with_their_owners_and_modes(
@@ -107,7 +101,7 @@ def test_machine_files_hold_the_keys_and_the_redis_passwords_with_their_owners_a
         files = machine_files(secrets, services, service_id, key_dir=KEY_DIR, service_group="autobot")
         by_name = {f.path.removeprefix(KEY_DIR + "/"): f for f in files}
         keys = machine_key_files(plan_keyring(None, services)[0], services, service_id)
-        expected = set(keys)
+        expected = {*keys, "versions.json"}
         if entry.get("redis"):
             expected.add("redis.password")
             assert by_name["redis.password"].content == f"password-of-{service_id}"

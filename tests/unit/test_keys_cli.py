@@ -43,7 +43,7 @@ def test_generate_creates_a_key_for_every_matrix_service(tmp_path: Path) -> None
     assert output.splitlines() == [f"{s}:v1 new" for s in services]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     doc = yaml.safe_load(out.read_text())
-    assert doc["format"] == "autobot-keyring-v1"
+    assert doc["format"] == "autobot-keyring-v2"
     assert set(doc["services"]) == set(services)
     assert all(HEX64.fullmatch(e["keys"][1]) and e["current"] == 1 for e in doc["services"].values())
     _assert_no_key_material(output, _all_key_hex(out))

@@ -39,9 +39,15 @@ def _runs(project: Path) -> list[Path]:
     return sorted(runs.iterdir()) if runs.is_dir() else []
 
 
+def _rows(output: str, host: str) -> list[list[str]]:
+    """The host's row in each table of the output, in order."""
+    lines = [line for line in output.splitlines() if line.startswith("│") and f" {host} " in line]
+    return [[cell.strip() for cell in line.strip("│").split("│")] for line in lines]
+
+
 def _row(output: str, host: str) -> list[str]:
-    [line] = [line for line in output.splitlines() if line.startswith("│") and f" {host} " in line]
-    return [cell.strip() for cell in line.strip("│").split("│")]
+    [row] = _rows(output, host)
+    return row
 
 
 def test_a_successful_run_shows_the_command_progress_and_a_summary_per_host(
@@ -111,9 +117,14 @@ def test_status_prints_the_health_table_with_release_and_phase(
     assert "ansible-playbook -i inventory/local playbooks/health.yml" in result.output
     for column in ("release", "phase", "services", "state"):
         assert column in result.output
-    row = _row(result.output, "node-b")
-    assert row[5:7] == ["20250101T000000Z-abc1234", "logging"]
-    assert row[-1] == "healthy"
+    health, keys = _rows(result.output, "node-b")
+    assert health[5:7] == ["20250101T000000Z-abc1234", "logging"]
+    assert health[-1] == "healthy"
+    # The second table: key versions and the Redis password generation, never material.
+    assert "Service keys and Redis passwords (versions only)" in result.output
+    [_, keys_a] = _rows(result.output, "node-a")
+    assert keys_a == ["node-a", "main-backend:v2", "npu-worker:v1", "generation 3"]
+    assert keys[0] == "node-b"
     assert [call[0] for call in replay.calls] == [HEALTH]  # status reads health once, not twice
 
 

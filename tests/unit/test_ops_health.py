@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 from tests.unit.ops_replay import load_stream
 
-from autobot.ops.health import KeyVersions, Release, health_table, machines_from_events
+from autobot.ops.health import KeyVersions, Release, health_table, keys_table, machines_from_events
 
 BASE = {"group": "g", "systemd": "running", "base_dirs_ok": True}
 
@@ -147,3 +147,34 @@ def test_the_table_names_every_machine_with_its_release_and_phase() -> None:
     assert "attention" in m1
     [m2] = [line for line in text.splitlines() if " m2 " in line]
     assert "healthy" in m2
+
+
+def test_the_keys_table_names_versions_and_generations_only() -> None:
+    machines = machines_from_events(
+        [
+            _ok(
+                "autobot-npu-worker",
+                {
+                    **BASE,
+                    "services": {},
+                    "keys": {"signing": "npu-worker:v1", "verifying": ["ai-stack:v1", "main-backend:v2"]},
+                    "redis_password_generation": 2,
+                },
+            ),
+            _ok(
+                "autobot-frontend",
+                {**BASE, "services": {}, "keys": {"signing": "frontend:v1", "verifying": []}},
+            ),
+            {"event": "runner_on_unreachable", "event_data": {"host": "gone", "res": {"msg": "no route"}}},
+        ]
+    )
+    console = Console(record=True, width=160)
+    console.print(keys_table(machines, title="t"))
+    text = console.export_text()
+    [npu] = [line for line in text.splitlines() if "autobot-npu-worker" in line]
+    assert "npu-worker:v1" in npu
+    assert "ai-stack:v1, main-backend:v2" in npu
+    assert "generation 2" in npu
+    [frontend] = [line for line in text.splitlines() if "autobot-frontend" in line]
+    assert frontend.split() == ["│", "autobot-frontend", "│", "frontend:v1", "│", "-", "│", "-", "│"]
+    assert "gone" not in text

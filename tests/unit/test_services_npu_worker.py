@@ -112,6 +112,8 @@ async def test_health_is_public_liveness(npu: httpx.AsyncClient) -> None:
     response = await npu.get("/api/health")
     assert response.status_code == 200
     assert response.json()["service"] == "npu-worker"
+    # Without a service-auth middleware nothing is verified, and npu-worker signs nothing.
+    assert response.json()["keys"] == {"signing": [], "verifying": None}
 
 
 async def test_ready_pings_redis_as_its_acl_user(npu: httpx.AsyncClient) -> None:

@@ -12,7 +12,7 @@ from ansible.errors import AnsibleFilterError
 
 try:
     from autobot.security.backup import encrypt_backup
-    from autobot.security.distribution import DistributionError, machine_files
+    from autobot.security.distribution import DistributionError, machine_files, machine_key_ids
     from autobot.security.keyring_file import KeyringFileError, dump_keyring, parse_keyring
 except ImportError as exc:  # pragma: no cover
     raise AnsibleFilterError(
@@ -39,6 +39,37 @@ def autobot_key_files(
     return [dataclasses.asdict(f) for f in files]
 
 
+def autobot_key_ids(secrets: dict[str, Any], services: dict[str, Any], service_id: str) -> dict[str, Any]:
+    """{signing, verifying}: the key ids the files of the machine running `service_id` hold, as
+    `autobot.security.distribution.machine_key_ids` decides them (what its service must report loaded)."""
+    try:
+        keyring = parse_keyring(secrets.get("keyring"), source="secrets keyring")
+        return machine_key_ids(keyring, services, service_id).as_dict()
+    except (DistributionError, KeyringFileError) as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def autobot_redis_logins(
+    secrets: dict[str, Any], users: list[str], which: str = "current"
+) -> list[dict[str, str]]:
+    """[{user, password}] for the redis role's login proof: each user's `current` password, or the `retired`
+    one a password rotation keeps in its record until the proof is done (users without one are left out)."""
+    if which not in ("current", "retired"):
+        raise AnsibleFilterError(f"autobot_redis_logins: which must be current or retired, not {which!r}")
+    current = (secrets.get("redis") or {}).get("users") or {}
+    records = (secrets.get("rotation") or {}).get("redis") or {}
+    logins = []
+    for user in users:
+        password = (
+            current.get(user) if which == "current" else (records.get(user) or {}).get("retired_password")
+        )
+        if password:
+            logins.append({"user": user, "password": password})
+        elif which == "current":
+            raise AnsibleFilterError(f"autobot_redis_logins: the secrets hold no password for {user!r}")
+    return logins
+
+
 def autobot_keyring_backup(keyring: dict[str, Any], backup_key_hex: str, environment: str) -> str:
     """The AES-GCM blob of the keyring written to Redis (deterministic, so it can be compared)."""
     try:
@@ -50,4 +81,9 @@ def autobot_keyring_backup(keyring: dict[str, Any], backup_key_hex: str, environ
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"autobot_key_files": autobot_key_files, "autobot_keyring_backup": autobot_keyring_backup}
+        return {
+            "autobot_key_files": autobot_key_files,
+            "autobot_key_ids": autobot_key_ids,
+            "autobot_keyring_backup": autobot_keyring_backup,
+            "autobot_redis_logins": autobot_redis_logins,
+        }

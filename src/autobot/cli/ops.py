@@ -20,7 +20,7 @@ from rich.text import Text
 from autobot.ops import commands
 from autobot.ops.commands import DEFAULT_INVENTORY, PLAYBOOKS, CommandError, PlaybookCall, RunOptions
 from autobot.ops.display import LiveProgress, failure_text, local_cluster_down, summary_table
-from autobot.ops.health import health_table, machines_from_events
+from autobot.ops.health import health_table, keys_table, machines_from_events
 from autobot.ops.inventory import PRODUCTION, inventory_env, needs_confirmation
 from autobot.ops.runs import DEFAULT_KEEP
 from autobot.ops.session import Outcome, load_events, run_action, stdout_tail
@@ -266,6 +266,7 @@ def status(**opts: Any) -> None:
         _finish(console, outcome)
         sys.exit(1)
     console.print(health_table(machines, title=f"AutoBot cluster health ({options.inventory})"))
+    console.print(keys_table(machines, title="Service keys and Redis passwords (versions only)"))
     _finish(console, outcome)
     if not all(m.healthy for m in machines):
         sys.exit(1)

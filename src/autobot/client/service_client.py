@@ -24,6 +24,7 @@ import stamina
 
 from autobot.config import ServiceConfig
 from autobot.security.keyring import Keyring, KeyringError
+from autobot.security.keys import KeyId
 from autobot.security.paths import path_problem
 from autobot.security.signing import SIGNING_HEADERS, new_nonce, sign_request
 
@@ -111,6 +112,11 @@ class ServiceClient:
         )
         self._clock = clock
         self._clients: dict[str, httpx.AsyncClient] = {}
+
+    @property
+    def signing_key_id(self) -> KeyId:
+        """The key id every request of this client is signed with (loaded once, at construction)."""
+        return self._keyring.signing_key_id
 
     @classmethod
     def from_config(cls, config: ServiceConfig, **options: Any) -> ServiceClient:

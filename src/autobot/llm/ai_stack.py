@@ -26,6 +26,7 @@ from autobot.context.registry import ModelSpec
 from autobot.llm.base import Completion, LLMError, LLMResponseError, LLMUnavailableError
 from autobot.llm.factory import ProviderBuilder
 from autobot.messages import Message
+from autobot.security.keys import KeyId
 
 TARGET = "ai-stack"
 INFERENCE_PATH = "/api/inference"
@@ -134,6 +135,10 @@ class AiStackProvider:
     def __init__(self, client: ServiceClient, *, owns_client: bool = False) -> None:
         self._client = client
         self._owns_client = owns_client
+
+    @property
+    def signing_key_id(self) -> KeyId:
+        return self._client.signing_key_id
 
     @classmethod
     def from_config(cls, config: ServiceConfig) -> AiStackProvider:

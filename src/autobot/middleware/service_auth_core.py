@@ -42,6 +42,9 @@ from autobot.security.verify import RawRequest, VerifyContext, verify_body, veri
 REBUILD_INTERVAL_S = 10.0
 # Handlers may read the decision (e.g. the verified caller) from the scope under this key.
 SCOPE_KEY = "autobot.service_auth"
+# The caller key ids the middleware accepts (ids only, never keys), for the health answer: the versions this
+# process loaded at start, which is what a rotation checks before it moves on.
+VERIFYING_KEYS_SCOPE_KEY = "autobot.verifying_keys"
 log = logging.getLogger("autobot.service_auth")
 
 
@@ -313,6 +316,7 @@ class ServiceAuthMiddlewareBase:
             await self.on_refused(scope, receive, send, refused, stranger_body=_has_body(scope))
             return
         ctx = components.ctx
+        scope[VERIFYING_KEYS_SCOPE_KEY] = ctx.keyring.verifying_key_ids
         request = RawRequest(method, raw_path, query_string, scope.get("headers", ()))
         head = verify_head(request, ctx, now=self._clock())
         stranger_body = False

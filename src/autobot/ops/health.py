@@ -181,3 +181,21 @@ def health_table(machines: Iterable[MachineHealth], title: str) -> Table:
             "[green]healthy[/]" if m.healthy else "[red]attention[/]",
         )
     return table
+
+
+def keys_table(machines: Iterable[MachineHealth], title: str) -> Table:
+    """Per machine, the key versions its files hold and its Redis password generation (never material):
+    what a rotation changes, so an operator can follow one."""
+    table = Table(title=title)
+    for column in ("machine", "signs with", "accepts", "redis password"):
+        table.add_column(column, no_wrap=column in ("machine", "signs with"))
+    for m in machines:
+        if not m.reached:
+            continue
+        table.add_row(
+            m.host,
+            (m.keys.signing or "-") if m.keys else "-",
+            ", ".join(m.keys.verifying) if m.keys and m.keys.verifying else "-",
+            "-" if m.redis_password_generation is None else f"generation {m.redis_password_generation}",
+        )
+    return table

@@ -183,6 +183,11 @@ class Keyring:
             for version in accepted_versions(set(versions))
         }
 
+    @functools.cached_property
+    def verifying_key_ids(self) -> tuple[str, ...]:
+        """The caller key ids this keyring accepts (`main-backend:v2`), sorted: what status reports."""
+        return tuple(sorted(str(KeyId(caller, version)) for caller, version in self._accepted_pair_keys))
+
     def verification_key(self, key_id: KeyId) -> bytes | None:
         """The pair key for a caller's key id if that version is accepted (current or previous), else None."""
         return self._accepted_pair_keys.get((key_id.service, key_id.version))

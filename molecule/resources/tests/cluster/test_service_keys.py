@@ -11,8 +11,7 @@ from cluster_secrets import all_secret_strings, load_secrets
 from conftest import REPO, host_service
 
 sys.path.insert(0, str(REPO / "src"))
-from autobot.security.distribution import machine_key_files
-from autobot.security.keyring_file import parse_keyring
+from autobot.security.distribution import machine_files
 
 KEY_DIR = "/etc/autobot/service-keys"
 
@@ -23,12 +22,9 @@ def cluster_secrets() -> dict[str, Any]:
 
 
 def expected_files(services: dict[str, Any], secrets: dict[str, Any], service_id: str) -> dict[str, str]:
-    files = machine_key_files(parse_keyring(secrets["keyring"]), services, service_id)
-    if services[service_id].get("redis"):
-        files["redis.password"] = secrets["redis"]["users"][service_id]
-    if services[service_id]["kind"] == "redis":
-        files["redis-admin.password"] = secrets["redis"]["users"]["admin"]
-    return files
+    """Name -> content of every file the machine must hold: what the role installs, decided in one place."""
+    files = machine_files(secrets, services, service_id, key_dir=KEY_DIR, service_group="unused")
+    return {f.path.rsplit("/", 1)[1]: f.content for f in files}
 
 
 def test_key_directory_is_closed_to_others(host: Any, layout: dict[str, Any]) -> None:

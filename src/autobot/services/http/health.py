@@ -1,5 +1,10 @@
 """Health routes: GET /api/health is liveness (no I/O); GET /api/ready runs the readiness checks.
 
+/api/health also names the key versions the process loaded at start (ids only, never keys): `signing`, the
+key ids its signing clients use (the app sets `app.state.signing_key_ids`), and `verifying`, the caller key
+ids the service-auth middleware accepts (null without a middleware: nothing is verified). A rotation reads
+them to check, not assume, that every machine runs the versions its files hold.
+
 The readiness checks run concurrently with a timeout, and /api/ready answers 503 `not_ready` naming what
 failed. The lifespan registers them once the resources they probe exist (`Readiness.add`).
 """
@@ -11,11 +16,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
 from autobot.middleware.asgi import error_response
+from autobot.middleware.service_auth_core import VERIFYING_KEYS_SCOPE_KEY
 
 ReadinessCheck = Callable[[], Awaitable[object]]
 """A readiness check returns (any value) when the dependency is usable and raises when it is not."""
@@ -60,14 +66,29 @@ def redis_ping_check(client: Redis) -> ReadinessCheck:
     return check
 
 
+def keys_in_use(request: Request) -> dict[str, list[str] | None]:
+    """The key ids this process signs with and accepts, as loaded at start (see the module docstring)."""
+    verifying = request.scope.get(VERIFYING_KEYS_SCOPE_KEY)
+    signing = getattr(request.app.state, "signing_key_ids", None) or []
+    return {
+        "signing": sorted(str(k) for k in signing),
+        "verifying": None if verifying is None else [str(k) for k in verifying],
+    }
+
+
 def health_router(service_id: str, readiness: Readiness) -> APIRouter:
     router = APIRouter(tags=["health"])
     started = time.monotonic()
 
     @router.get("/api/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
         # Liveness only: no I/O, so a slow dependency never gets a healthy process restarted.
-        return {"status": "ok", "service": service_id, "uptime_s": round(time.monotonic() - started, 3)}
+        return {
+            "status": "ok",
+            "service": service_id,
+            "uptime_s": round(time.monotonic() - started, 3),
+            "keys": keys_in_use(request),
+        }
 
     @router.get("/api/ready")
     async def ready() -> JSONResponse:

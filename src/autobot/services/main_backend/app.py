@@ -20,7 +20,7 @@ from autobot.client.service_client import ServiceClient
 from autobot.config import BackendConfig, ConfigError, ServiceConfig
 from autobot.context import ContextWindowManager, ModelRegistry
 from autobot.llm import ProviderBuilder, make_provider
-from autobot.llm.ai_stack import ai_stack_builders
+from autobot.llm.ai_stack import AiStackProvider, ai_stack_builders
 from autobot.middleware.body_size_limit import BodyLimit, route_body_limits
 from autobot.services.http.app import add_routers, service_app
 from autobot.services.http.health import Readiness, ReadinessCheck
@@ -67,6 +67,11 @@ def _dir_writable_check(path: Path) -> ReadinessCheck:
     return check
 
 
+def signing_key_ids(*signers: object) -> list[str]:
+    """The key ids the given signing clients (ServiceClient, the signed ai-stack provider) use."""
+    return sorted({str(s.signing_key_id) for s in signers if isinstance(s, ServiceClient | AiStackProvider)})
+
+
 def create_app(
     config: ServiceConfig, *, provider_builders: Mapping[str, ProviderBuilder] | None = None
 ) -> FastAPI:
@@ -82,13 +87,14 @@ def create_app(
         redis = open_redis(config.redis, stack, readiness)
         file_store = ConversationFileManager.from_config(backend)
         await file_store.initialize()
+        # The signed "ai-stack" provider needs the whole config (keys, peers); explicit builders win.
+        provider = make_provider(
+            config.llm, extra_builders={**ai_stack_builders(config), **(provider_builders or {})}
+        )
         workflow = ChatWorkflowManager(
             redis=redis,
             windows=windows,
-            # The signed "ai-stack" provider needs the whole config (keys, peers); explicit builders win.
-            provider=make_provider(
-                config.llm, extra_builders={**ai_stack_builders(config), **(provider_builders or {})}
-            ),
+            provider=provider,
             transcripts=TranscriptStore(backend.transcripts_dir),
             history_ttl_s=backend.history_ttl_s,
             # Chat never drains the pool: one connection stays free for the readiness check, so a busy
@@ -116,6 +122,9 @@ def create_app(
             app.state.tools = ServiceClient.from_config(config)
             stack.push_async_callback(app.state.tools.aclose)
             stack.callback(delattr, app.state, "tools")
+        # What GET /api/health reports as the signing key ids (a rotation checks them before it retires).
+        app.state.signing_key_ids = signing_key_ids(provider, getattr(app.state, "tools", None))
+        stack.callback(delattr, app.state, "signing_key_ids")
         readiness.add("database", file_store.storage_stats)
         readiness.add("transcripts", _dir_writable_check(backend.transcripts_dir))
 
