@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,27 @@ def _write_config(
 def _serve(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, ["serve", *args])
     return result.exit_code, result.output
+
+
+@contextlib.contextmanager
+def _serving_echo(tmp_path: Path, *, log_level: str = "warning") -> Iterator[ServiceProcess]:
+    """A real `autobot serve npu-worker` process serving ECHO_ENTRY on a free port, stopped at the end."""
+    entry = tmp_path / "asgi.py"
+    entry.write_text(ECHO_ENTRY)
+    port = free_port()
+    config = _write_config(tmp_path, entry=entry, port=port, log_level=log_level)
+    svc = ServiceProcess("npu-worker", tmp_path, port=port)
+    with svc.output_log.open("wb") as out:
+        svc.process = subprocess.Popen(
+            autobot_command("serve", "npu-worker", "--config", str(config)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_healthy(svc)
+        yield svc
+    finally:
+        stop_process(svc)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -129,26 +151,12 @@ def test_entry_app_is_loaded_from_its_path(tmp_path: Path) -> None:
 
 
 def test_serves_the_entry_app_without_trusting_forwarded_headers(tmp_path: Path) -> None:
-    entry = tmp_path / "asgi.py"
-    entry.write_text(ECHO_ENTRY)
-    port = free_port()
-    config = _write_config(tmp_path, entry=entry, port=port, log_level="info")
-    svc = ServiceProcess("npu-worker", tmp_path, port=port)
-    with svc.output_log.open("wb") as out:
-        svc.process = subprocess.Popen(
-            autobot_command("serve", "npu-worker", "--config", str(config)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until_healthy(svc)
+    with _serving_echo(tmp_path, log_level="info") as svc:
         response = httpx.get(
             f"{svc.url}/anything",
             headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"},
             trust_env=False,
         )
-    finally:
-        stop_process(svc)
     assert response.json() == {"client": "127.0.0.1", "scheme": "http"}
     # Info logging is on (config log_level), but no access log by default.
     output = svc.output_log.read_text()
@@ -235,22 +243,10 @@ def test_an_oversized_request_head_is_refused_before_it_is_buffered(tmp_path: Pa
     refuses a head past listen.max_request_head_bytes with 431 and closes, while normal heads pass."""
     import socket
 
-    entry = tmp_path / "asgi.py"
-    entry.write_text(ECHO_ENTRY)
-    port = free_port()
-    config = _write_config(tmp_path, entry=entry, port=port)
-    svc = ServiceProcess("npu-worker", tmp_path, port=port)
-    with svc.output_log.open("wb") as out:
-        svc.process = subprocess.Popen(
-            autobot_command("serve", "npu-worker", "--config", str(config)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until_healthy(svc)
+    with _serving_echo(tmp_path) as svc:
         # A head of 20 KiB (under the 32 KiB default) is served, twice on one keep-alive connection.
         big_but_fine = b"x-padding: " + b"a" * 20_000 + b"\r\n"
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as conn:
             for _ in range(2):
                 conn.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n" + big_but_fine + b"\r\n")
                 response = b""
@@ -258,7 +254,7 @@ def test_an_oversized_request_head_is_refused_before_it_is_buffered(tmp_path: Pa
                     response += conn.recv(65536)
                 assert response.startswith(b"HTTP/1.1 200"), response[:200]
         # A header that never ends: refused once the bound is passed, long before the 4 MiB are sent.
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as conn:
             conn.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\nx-flood: ")
             sent, answer = 0, b""
             while sent < 4 * 1024 * 1024:
@@ -277,5 +273,3 @@ def test_an_oversized_request_head_is_refused_before_it_is_buffered(tmp_path: Pa
                 answer = conn.recv(65536)
         assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
         assert sent < 256 * 1024, f"the server read {sent} bytes of headers before refusing"
-    finally:
-        stop_process(svc)
