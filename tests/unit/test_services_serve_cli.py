@@ -273,3 +273,28 @@ def test_an_oversized_request_head_is_refused_before_it_is_buffered(tmp_path: Pa
                 answer = conn.recv(65536)
         assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
         assert sent < 256 * 1024, f"the server read {sent} bytes of headers before refusing"
+
+
+def test_an_idle_connection_stays_open_longer_than_callers_reuse_it(tmp_path: Path) -> None:
+    """Callers stop reusing a pooled connection after KEEPALIVE_EXPIRY_S; the served process must not close it
+    before then, or a caller's POST (never retried) can land on a connection being closed and fail."""
+    import socket
+    import time
+
+    from autobot.client.service_client import CALLEE_KEEPALIVE_S, KEEPALIVE_EXPIRY_S
+
+    assert KEEPALIVE_EXPIRY_S < CALLEE_KEEPALIVE_S
+    request = b"POST /turn HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    with (
+        _serving_echo(tmp_path) as svc,
+        socket.create_connection(("127.0.0.1", svc.port), timeout=10) as conn,
+    ):
+        for _ in range(2):
+            conn.sendall(request)
+            response = b""
+            while not response.endswith(b"0\r\n\r\n"):
+                chunk = conn.recv(65536)
+                assert chunk, "the server closed a connection the caller may still reuse"
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 200"), response[:200]
+            time.sleep(KEEPALIVE_EXPIRY_S + 0.5)

@@ -24,13 +24,22 @@ def audit() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The audit log (security.audit_log of the service's config).",
 )
-@click.option("--since", default=None, help="ISO 8601 time; lines before it are left out (default: all).")
-def summary(log_path: Path, since: str | None) -> None:
+@click.option(
+    "--since",
+    "since",
+    multiple=True,
+    help="ISO 8601 time; lines before it are left out (default: all). Given more than once, the latest"
+    " counts: the gate passes the phase's start and an operator's fresh window, and looks before neither.",
+)
+def summary(log_path: Path, since: tuple[str, ...]) -> None:
     """Print, as JSON, how many requests each caller made to each route and what was decided."""
-    try:
-        start = parse_time(since) if since else datetime.min.replace(tzinfo=UTC)
-    except ValueError:
-        raise click.BadParameter(f"not an ISO 8601 time: {since!r}", param_hint="--since") from None
-    if start.tzinfo is None:
-        raise click.BadParameter("give a time zone (e.g. a trailing Z)", param_hint="--since")
+    start = datetime.min.replace(tzinfo=UTC)
+    for value in since:
+        try:
+            moment = parse_time(value)
+        except ValueError:
+            raise click.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--since") from None
+        if moment.tzinfo is None:
+            raise click.BadParameter("give a time zone (e.g. a trailing Z)", param_hint="--since")
+        start = max(start, moment)
     click.echo(json.dumps(summarise(log_lines(log_path), start).to_dict(), separators=(",", ":")))

@@ -92,6 +92,7 @@ def systemd_listen_fd(environ: MutableMapping[str, str], pid: int) -> int | None
 def run_server(app: Any, config: ServiceConfig, *, access_log: bool, fd: int | None = None) -> None:
     import uvicorn  # imported here so `autobot serve --help` stays fast
 
+    from autobot.client.service_client import CALLEE_KEEPALIVE_S
     from autobot.services.http.bounded_head import bounded_head_protocol
 
     where: dict[str, Any] = (
@@ -106,6 +107,8 @@ def run_server(app: Any, config: ServiceConfig, *, access_log: bool, fd: int | N
         log_level=config.log_level,
         server_header=False,
         lifespan="on",
+        # Idle connections close after this; callers expire theirs earlier (see the constant's comment).
+        timeout_keep_alive=CALLEE_KEEPALIVE_S,
         timeout_graceful_shutdown=max(1, round(config.listen.graceful_shutdown_s)),
         http=bounded_head_protocol(config.listen.max_request_head_bytes),
     )

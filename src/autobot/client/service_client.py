@@ -28,6 +28,13 @@ from autobot.security.keys import KeyId
 from autobot.security.paths import path_problem
 from autobot.security.signing import SIGNING_HEADERS, new_nonce, sign_request
 
+# A callee (`autobot serve`) closes a connection after CALLEE_KEEPALIVE_S idle; the client stops reusing one
+# well before that, so it never sends on a connection the callee is closing at that very moment. With both at
+# 5 s (httpx's and uvicorn's defaults) that race lost a chat turn now and then: a POST is not retried, and it
+# reached the user as a 503 (ReadError from ai-stack, seen under the Molecule phases traffic).
+CALLEE_KEEPALIVE_S = 5
+KEEPALIVE_EXPIRY_S = 2.0
+
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 # Failures where the request did not complete on the server side in a way an idempotent retry could hurt.
@@ -108,7 +115,9 @@ class ServiceClient:
         self._retries = retries
         self._backoff = (backoff_initial_s, backoff_max_s, backoff_jitter_s)
         self._limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
         )
         self._clock = clock
         self._clients: dict[str, httpx.AsyncClient] = {}

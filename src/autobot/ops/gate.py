@@ -127,7 +127,7 @@ def decide(
             "since": since,
             "ran_s": ran_s,
         }
-        if phase == "none" or phase is None:
+        if phase not in ("logging", "enforcement"):  # none, missing, or a record no deploy wrote
             report.refusals.append(f"{host}: not in the logging phase (phase {phase}): nothing was observed")
         elif phase == "logging" and ran_s < min_duration_s:
             report.refusals.append(

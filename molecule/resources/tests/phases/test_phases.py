@@ -144,6 +144,38 @@ def test_rollback_to_logging_under_live_traffic(machine: Any) -> None:
     _save("rollback", {"legit": result})
 
 
+def test_a_phase_that_does_not_come_up_puts_the_previous_one_back_and_says_why(machine: Any) -> None:
+    """npu-worker cannot read its master key: enforcement refuses to start without it (logging only logs).
+    The rollout stops at npu-worker with the service's own error, logging serves there again, and no other
+    machine changed. The gate is overridden (recorded) so that only the health gate is under test."""
+    npu, key = machine(NPU), "/etc/autobot/service-keys/master.v1.key"
+    others = {
+        name: _phase(machine(name), name.removeprefix("autobot-")) for name in PYTHON_HOSTS if name != NPU
+    }
+    npu.check_output(f"chmod 0600 {key}")
+    try:
+        failed = run_playbook(
+            "deploy-service-auth.yml", "-e", "middleware_file=service_auth_enforcement.py",
+            "-e", "gate_override='test: a phase that does not come up'", "-e", "release_health_retries=5",
+        )  # fmt: skip
+    finally:
+        npu.check_output(f"chmod 0640 {key}")
+    text = _text(failed)
+    assert failed.returncode != 0
+    assert "the enforcement phase failed its health gate" in text
+    assert "the previous phase (logging) is back and serving" in text
+    assert "master.v1.key: Permission denied" in text, text[-3000:]
+    assert _phase(npu, "npu-worker") == "logging"
+    assert npu.run("grep -l ServiceAuthLoggingMiddleware /etc/autobot/npu-worker/asgi.py").rc == 0
+    assert npu.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8081/api/ready") == "200"
+    # Logging serves: a request without a signature reaches the app (422: its body is not a task).
+    code = machine(FRONTEND).check_output(
+        "curl -s -o /dev/null -w '%{http_code}' -X POST http://autobot-npu-worker:8081/api/process"
+    )
+    assert code == "422"
+    assert {name: _phase(machine(name), name.removeprefix("autobot-")) for name in others} == others
+
+
 def test_rerunning_the_same_phase_changes_nothing() -> None:
     again = run_playbook("deploy-service-auth.yml", "-e", "middleware_file=service_auth_logging.py")
     assert again.returncode == 0, _text(again)[-3000:]
