@@ -63,6 +63,7 @@ def test_a_process_started_after_its_files_is_fresh(
     for name in ("master.v1.key", "redis.password"):
         (key_dir / name).write_text("x\n")
         os.utime(key_dir / name, (time.time() - 60, time.time() - 60))
+    os.utime(key_dir, (time.time() - 60, time.time() - 60))
     result = freshness.freshness(sleeper.pid, str(key_dir), ["*.key", "redis.password"])
     assert result["running"] is True
     assert result["stale"] is False
@@ -86,7 +87,7 @@ def test_files_outside_the_patterns_do_not_count(
     freshness: ModuleType, tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:
     key_dir = _key_dir(tmp_path)
-    for path in key_dir.iterdir():
+    for path in [*key_dir.iterdir(), key_dir]:
         os.utime(path, (time.time() - 60, time.time() - 60))
     (key_dir / "versions.json").write_text("{}\n")  # status only: the service never reads it
     assert freshness.freshness(sleeper.pid, str(key_dir), ["*.key", "redis.password"])["stale"] is False
@@ -95,3 +96,18 @@ def test_files_outside_the_patterns_do_not_count(
 def test_a_unit_without_a_process_is_stale(freshness: ModuleType, tmp_path: Path) -> None:
     result = freshness.freshness(0, str(_key_dir(tmp_path)), ["*.key"])
     assert (result["running"], result["stale"]) == (False, True)
+
+
+def test_a_file_removed_after_the_process_started_makes_it_stale(
+    freshness: ModuleType, tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """Retiring a version removes its pair key file: no remaining file changes, but the process still accepts
+    the retired version until it restarts."""
+    key_dir = _key_dir(tmp_path)
+    for path in [*key_dir.iterdir(), key_dir]:
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    assert freshness.freshness(sleeper.pid, str(key_dir), ["*.key", "redis.password"])["stale"] is False
+    (key_dir / "pair.a.v1.key").unlink()
+    result = freshness.freshness(sleeper.pid, str(key_dir), ["*.key", "redis.password"])
+    assert result["stale"] is True
+    assert result["newest_file"] == freshness.DIRECTORY_CHANGED

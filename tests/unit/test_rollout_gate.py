@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from autobot.cli import main
 from autobot.ops.gate import Row, decide
 from autobot.security.audit import audit_line
-from autobot.security.audit_summary import summarise
+from autobot.security.audit_summary import MAX_UNROUTED_PATHS, OTHER_PATHS, summarise
 from autobot.security.decision import Decision, RouteKind
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -220,3 +220,38 @@ def test_summary_refuses_a_bad_since(tmp_path: Path, value: str, message: str) -
     assert code == 2
     assert "--since" in output
     assert message in output
+
+
+def test_summary_with_the_matrix_counts_paths_under_their_routes(
+    tmp_path: Path, services_matrix_file: Path
+) -> None:
+    """A day of session deletions is one row per route, not one per session id; a scanner's paths under no
+    route are kept, the most frequent MAX_UNROUTED_PATHS of them, the rest counted together."""
+    log = tmp_path / "audit.log"
+    deletions = [
+        line(T2, "main-backend", "browser-service", "DELETE", f"/api/sessions/{n:032x}") for n in range(300)
+    ]
+    scans = [line(T2, None, "browser-service", "GET", f"/scan/{n}", status=401, reason="missing_header")
+             for n in range(MAX_UNROUTED_PATHS + 25)]  # fmt: skip
+    log.write_text("".join(deletions + scans))
+    result = CliRunner().invoke(
+        main, ["audit", "summary", "--log", str(log), "--matrix", str(services_matrix_file)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    routed = [row for row in rows if row["method"] == "DELETE"]
+    assert [(row["path"], row["count"]) for row in routed] == [("/api/sessions/**", 300)]
+    scanned = {row["path"]: row["count"] for row in rows if row["method"] == "GET"}
+    assert len(scanned) == MAX_UNROUTED_PATHS + 1
+    assert scanned[OTHER_PATHS] == 25
+    assert sum(scanned.values()) == MAX_UNROUTED_PATHS + 25
+
+
+def test_summary_refuses_an_unreadable_matrix(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_text("")
+    result = CliRunner().invoke(
+        main, ["audit", "summary", "--log", str(log), "--matrix", str(tmp_path / "nope.yml")]
+    )
+    assert result.exit_code == 2
+    assert "cannot read matrix file" in result.output

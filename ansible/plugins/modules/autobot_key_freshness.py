@@ -10,7 +10,8 @@ short_description: Whether a service has loaded its current key files (it starte
 description:
   - Runs on the machine (standard library only). Services read their key files and Redis password at start,
     so a process that started before a file changed still uses the old content. This module compares the
-    start time of the unit's main process with the newest modification time of the given files.
+    start time of the unit's main process with the newest modification time of the given files and of the
+    directory itself (removing a retired or revoked key file changes no remaining file, only the directory).
   - C(stale) is true when the unit has no running process or a file is newer than its process; the caller
     then restarts it. After an interrupted run (files copied, restart never reached) a rerun therefore still
     restarts the service, although copying the files changes nothing any more.
@@ -89,8 +90,16 @@ def newest_file(directory: str, patterns: list[str]) -> tuple[float, str]:
     return newest, name
 
 
+# What newest_file names when the directory changed last: a file was removed (a retired or revoked version),
+# which no remaining file's time shows, or one was added or renamed into place.
+DIRECTORY_CHANGED = "(the directory: a file was added or removed)"
+
+
 def freshness(pid: int, directory: str, patterns: list[str], proc: str = "/proc") -> dict[str, object]:
     newest, name = newest_file(directory, patterns)
+    directory_mtime = os.stat(directory).st_mtime
+    if directory_mtime > newest:
+        newest, name = directory_mtime, DIRECTORY_CHANGED
     if pid <= 0:
         return {"running": False, "started": 0.0, "newest": newest, "newest_file": name, "stale": True}
     with open(f"{proc}/{pid}/stat", encoding="utf-8", errors="replace") as handle:

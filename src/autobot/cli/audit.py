@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from autobot.security.audit_summary import log_lines, parse_time, summarise
+from autobot.security.matrix import Matrix, MatrixError
 
 
 @click.group()
@@ -31,7 +32,14 @@ def audit() -> None:
     help="ISO 8601 time; lines before it are left out (default: all). Given more than once, the latest"
     " counts: the gate passes the phase's start and an operator's fresh window, and looks before neither.",
 )
-def summary(log_path: Path, since: tuple[str, ...]) -> None:
+@click.option(
+    "--matrix",
+    "matrix_path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The service matrix (matrix.yml beside the config): count paths under their route patterns.",
+)
+def summary(log_path: Path, since: tuple[str, ...], matrix_path: Path | None) -> None:
     """Print, as JSON, how many requests each caller made to each route and what was decided."""
     start = datetime.min.replace(tzinfo=UTC)
     for value in since:
@@ -42,4 +50,11 @@ def summary(log_path: Path, since: tuple[str, ...]) -> None:
         if moment.tzinfo is None:
             raise click.BadParameter("give a time zone (e.g. a trailing Z)", param_hint="--since")
         start = max(start, moment)
-    click.echo(json.dumps(summarise(log_lines(log_path), start).to_dict(), separators=(",", ":")))
+    matrices = None
+    if matrix_path is not None:
+        try:
+            matrices = Matrix.load_all(matrix_path)
+        except MatrixError as exc:
+            raise click.BadParameter(str(exc), param_hint="--matrix") from None
+    summary = summarise(log_lines(log_path), start, matrices)
+    click.echo(json.dumps(summary.to_dict(), separators=(",", ":")))

@@ -47,6 +47,8 @@ _RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 # Failures where no connection was made, so no byte of the request left this process.
 _NOT_SENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+# How a pooled connection the callee closed under a request shows (ServiceClient._send).
+_CLOSED_UNDER_US: tuple[type[Exception], ...] = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 QueryParams = Mapping[str, str | int | float | Sequence[str | int | float]]
 
 
@@ -222,6 +224,42 @@ class ServiceClient:
         request.headers.update(signed.as_dict())
         return request
 
+    @staticmethod
+    async def _send(
+        client: httpx.AsyncClient, build: Callable[[], httpx.Request], *, stream: bool = False
+    ) -> httpx.Response:
+        """Send a freshly signed request; once more, whatever the method, when the callee closed the pooled
+        connection it went out on before answering.
+
+        That failure means the callee's app never saw the request: the callee (uvicorn, `autobot serve`)
+        closes only connections with no request in progress (idle past its keep-alive, or on a graceful
+        restart), so a request that met such a close was never started. It is told apart from a callee that
+        died while handling the request by two facts from httpcore's trace: no new connection was opened for
+        this request (it reused one) and no response header came back. A failure on a fresh connection, or
+        after the headers, is raised as it is: the request may have run. A callee killed (not stopped) in the
+        middle of a request on a reused connection looks the same, and then the request runs twice: the
+        callers' POST routes tolerate that (inference and text processing only answer; an extra browser
+        session expires with its TTL), and it is rarer and less harmful than losing the user's turn.
+        """
+        for resend in (True, False):
+            reused, answered = True, False
+
+            async def trace(event: str, info: Mapping[str, Any]) -> None:
+                nonlocal reused, answered
+                if event.startswith("connection.connect_tcp."):
+                    reused = False
+                elif event == "http11.receive_response_headers.complete":
+                    answered = True
+
+            request = build()
+            request.extensions = {**request.extensions, "trace": trace}
+            try:
+                return await client.send(request, stream=stream)
+            except _CLOSED_UNDER_US:
+                if not (resend and reused and not answered):
+                    raise
+        raise AssertionError("unreachable: the second send returns or raises")  # pragma: no cover
+
     async def request(
         self,
         target: str,
@@ -248,8 +286,10 @@ class ServiceClient:
                 wait_jitter=jitter,
             ):
                 with attempt:
-                    request = self._build(client, target, method, path, query, json, content, headers)
-                    response = await client.send(request)
+                    response = await self._send(
+                        client,
+                        lambda: self._build(client, target, method, path, query, json, content, headers),
+                    )
                     if response.status_code in RETRY_STATUSES and attempts > 1:
                         raise _RetryableStatus(response)
                     return response
@@ -294,8 +334,11 @@ class ServiceClient:
             ):
                 with attempt:
                     made = attempt.num
-                    request = self._build(client, target, method, path, query, json, content, headers)
-                    response = await client.send(request, stream=True)
+                    response = await self._send(
+                        client,
+                        lambda: self._build(client, target, method, path, query, json, content, headers),
+                        stream=True,
+                    )
         except httpx.HTTPError as exc:
             raise call_error(where, exc, made, self._timeout) from exc
         try:

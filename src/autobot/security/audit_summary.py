@@ -3,20 +3,28 @@
 Runs on each machine (`autobot audit summary`), so only counts travel to the controller, never the log. Pure
 functions over the JSON lines; lines that are not audit records (a torn last line, garbage) are counted and
 skipped, never fatal.
+
+With the matrix, a path is counted under the route pattern it falls under (`DELETE /api/sessions/*`), so a
+day of traffic is a few rows, not one per session id. Paths under no route (a scanner, a caller's typo) are
+kept as they are, the most frequent MAX_UNROUTED_PATHS of them; the rest are counted under OTHER_PATHS.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from autobot.security.matrix import Matrix
+
 # A row of the summary: who called what, and what the verifier decided.
 Key = tuple[str, str, str, str, str, str, str]  # callee, caller, method, path, route_kind, decision, reason
+MAX_UNROUTED_PATHS = 50
+OTHER_PATHS = "(other paths under no route)"
 
 
 @dataclass
@@ -68,8 +76,10 @@ def records(lines: Iterable[str]) -> Iterator[dict[str, Any] | None]:
         yield record if isinstance(record, dict) and isinstance(record.get("time"), str) else None
 
 
-def summarise(lines: Iterable[str], since: datetime) -> Summary:
+def summarise(lines: Iterable[str], since: datetime, matrices: Mapping[str, Matrix] | None = None) -> Summary:
+    """`matrices`: callee -> its matrix; paths are then counted under their route patterns."""
     summary = Summary(since=since.isoformat().replace("+00:00", "Z"))
+    unrouted: Counter[str] = Counter()
     for record in records(lines):
         if record is None:
             summary.unreadable += 1
@@ -84,18 +94,32 @@ def summarise(lines: Iterable[str], since: datetime) -> Summary:
         summary.first = summary.first or record["time"]
         summary.last = record["time"]
         summary.phases[str(record.get("phase"))] += 1
+        callee, method, path = str(record.get("callee")), str(record.get("method")), str(record.get("path"))
+        matrix = (matrices or {}).get(callee)
+        route = matrix.route_of(method, path) if matrix is not None else None
+        if matrix is not None and route is None:
+            unrouted[path] += 1
         summary.rows[
             (
-                str(record.get("callee")),
+                callee,
                 str(record.get("caller") or "-"),
-                str(record.get("method")),
-                str(record.get("path")),
+                method,
+                route or path,
                 str(record.get("route_kind") or "service"),
                 str(record.get("decision")),
                 str(record.get("reason")),
             )
         ] += 1
+    if len(unrouted) > MAX_UNROUTED_PATHS:
+        _fold_paths(summary.rows, {path for path, _ in unrouted.most_common()[MAX_UNROUTED_PATHS:]})
     return summary
+
+
+def _fold_paths(rows: Counter[Key], paths: set[str]) -> None:
+    """Count the rows of `paths` under OTHER_PATHS (a scanner's thousand paths become one row)."""
+    for key in [key for key in rows if key[3] in paths]:
+        callee, caller, method, _, kind, decision, reason = key
+        rows[(callee, caller, method, OTHER_PATHS, kind, decision, reason)] += rows.pop(key)
 
 
 def log_lines(path: Path) -> Iterator[str]:

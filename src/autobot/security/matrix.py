@@ -44,6 +44,11 @@ class Rule:
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:
         return method in self.methods and _match(self.pattern, segments)
 
+    @property
+    def path(self) -> str:
+        """The pattern as the matrix writes it ('/api/sessions/*')."""
+        return "/" + "/".join(self.pattern)
+
 
 def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> bool:
     for index, part in enumerate(pattern):
@@ -153,6 +158,11 @@ class Matrix:
 
     @classmethod
     def load(cls, path: Path | str, callee: str) -> Matrix:
+        return cls.load_all(path, only=callee)[callee]
+
+    @classmethod
+    def load_all(cls, path: Path | str, *, only: str | None = None) -> dict[str, Matrix]:
+        """callee -> Matrix for every service of the matrix file (or only `only`, known or not)."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -162,14 +172,24 @@ class Matrix:
             raise MatrixError(f"matrix file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, Mapping) or MATRIX_TOP_KEY not in data:
             raise MatrixError(f"matrix file {path} has no top-level '{MATRIX_TOP_KEY}' key")
+        services = data[MATRIX_TOP_KEY]
+        callees = [only] if only is not None else list(services if isinstance(services, Mapping) else ())
         try:
-            return cls.from_services(data[MATRIX_TOP_KEY], callee)
+            return {callee: cls.from_services(services, callee) for callee in callees}
         except MatrixError as exc:
             raise MatrixError(f"matrix file {path}: {exc}") from exc
 
     @property
     def callers(self) -> frozenset[str]:
         return frozenset(self.grants)
+
+    def route_of(self, method: str, path: str) -> str | None:
+        """The pattern of the first public route or grant (any caller's) that `method path` falls under."""
+        segments = split_path(path)
+        for rule in (*self.public, *(rule for rules in self.grants.values() for rule in rules)):
+            if rule.matches(method, segments):
+                return rule.path
+        return None
 
     def is_public(self, method: str, path: str) -> bool:
         segments = split_path(path)
