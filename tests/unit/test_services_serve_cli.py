@@ -298,3 +298,33 @@ def test_an_idle_connection_stays_open_longer_than_callers_reuse_it(tmp_path: Pa
                 response += chunk
             assert response.startswith(b"HTTP/1.1 200"), response[:200]
             time.sleep(KEEPALIVE_EXPIRY_S + 0.5)
+
+
+def test_a_stop_serves_the_first_request_of_a_new_connection_and_closes_idle_ones(tmp_path: Path) -> None:
+    """A restart must not break a request whose connection was accepted just before it: that connection gets
+    its first request served (with Connection: close). A kept-alive connection between requests is closed
+    at once, as uvicorn does (its client resends on a new connection)."""
+    import signal
+    import socket
+    import time
+
+    request = b"POST /turn HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    with _serving_echo(tmp_path) as svc:
+        assert svc.process is not None
+        kept = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+        kept.sendall(request)
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        fresh = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+        time.sleep(0.3)  # accepted by the server's event loop, no byte sent yet
+        svc.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the stop has begun
+        assert kept.recv(65536) == b""  # closed between requests
+        fresh.sendall(request)
+        answer = b""
+        while chunk := fresh.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b"connection: close" in answer.lower()
+        assert svc.process.wait(timeout=10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+        kept.close()
+        fresh.close()
