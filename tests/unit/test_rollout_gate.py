@@ -124,6 +124,58 @@ def test_would_deny_rows_refuse_with_caller_callee_route_and_reasons(services: d
     assert "  - browser-service -> ai-stack" in table
 
 
+MISSED = line(
+    T, "main-backend", "npu-worker", "POST", "/api/process", status=503, reason="replay_store_unavailable"
+)
+PROCESSED = line(T, "main-backend", "npu-worker", "POST", "/api/process")
+
+
+def test_an_occasional_replay_store_miss_is_noted_not_a_refusal(services: dict[str, Any]) -> None:
+    """The request was authentic and granted; Redis answered later than the logging phase's 50 ms (as under
+    load). Enforcement waits 500 ms, so this says nothing about a caller it would refuse."""
+    machines = {"npu1": machine("npu-worker", [MISSED] * 2 + [PROCESSED] * 298)}
+    report = decide(machines, services, now=NOW, min_duration_s=MIN_S)
+    assert report.passed, report.refusals
+    assert report.would_deny == []
+    missed = Row(
+        "main-backend", "npu-worker", "POST /api/process", "unavailable", 2, ("replay_store_unavailable",)
+    )
+    assert missed in report.rows
+    assert report.notes == [
+        "main-backend -> npu-worker POST /api/process: 2 of 300 request(s) (0.67%) found the replay store"
+        " (Redis) slower than the logging phase's budget; tolerated (at most 1%)"
+    ]
+    assert "note: main-backend -> npu-worker" in report.table()
+    assert report.to_dict()["notes"] == report.notes
+
+
+def test_replay_store_misses_over_the_tolerance_refuse_and_point_at_redis(services: dict[str, Any]) -> None:
+    machines = {"npu1": machine("npu-worker", [MISSED] * 2 + [PROCESSED] * 98)}
+    report = decide(machines, services, now=NOW, min_duration_s=MIN_S)
+    assert not report.passed
+    assert report.would_deny == []
+    assert report.notes == []
+    assert len(report.refusals) == 1
+    assert report.refusals[0].startswith(
+        "main-backend -> npu-worker POST /api/process: 2 of 100 request(s) (2.00%)"
+    )
+    assert "look at Redis" in report.refusals[0]
+
+
+def test_a_replay_store_miss_does_not_hide_a_would_deny_on_the_same_route(services: dict[str, Any]) -> None:
+    unsigned = line(
+        T, "main-backend", "npu-worker", "POST", "/api/process", status=401, reason="missing_header"
+    )
+    machines = {"npu1": machine("npu-worker", [MISSED, unsigned] + [PROCESSED] * 198)}
+    report = decide(machines, services, now=NOW, min_duration_s=MIN_S)
+    assert not report.passed
+    assert [r.reasons for r in report.would_deny] == [("missing_header",)]
+    assert report.refusals == [
+        "main-backend -> npu-worker POST /api/process: 1 request(s) would be refused (missing_header)"
+    ]
+    assert len(report.notes) == 1
+
+
 def test_public_route_rows_are_counted_apart_never_as_would_deny(services: dict[str, Any]) -> None:
     public = [
         line(T, None, "main-backend", "POST", "/api/chat", reason="public_route", kind="public"),

@@ -6,7 +6,13 @@ traffic can never drown the signal. Enforcement is refused while:
 - a machine is not in the logging phase (none: nothing was observed; enforcement is fine to keep);
 - the logging phase has run less than the minimum time on some machine;
 - any service-route request would have been refused (a would-deny line), listed as caller/route pairs with
-  their reasons.
+  their reasons;
+- the replay store (Redis) missed the logging phase's budget for more than STORE_UNAVAILABLE_TOLERANCE of a
+  pair's requests.
+A replay-store miss is an availability event, not a policy verdict: the request was otherwise authentic and
+granted, the logging phase waits 50 ms for Redis and enforcement 500 ms, so an occasional miss under load says
+nothing about enforcement refusing that caller. Those rows show as "unavailable", apart from would-deny ones;
+only a share that points at a Redis problem holds enforcement back (it fails closed: 503 while Redis is away).
 An operator may go on anyway with an explicit reason, recorded in the report. Pure: the playbook gathers, this
 decides, and the module around it writes the report.
 """
@@ -20,6 +26,11 @@ from datetime import datetime
 from typing import Any
 
 from autobot.security.audit_summary import parse_time
+from autobot.security.decision import REPLAY_STORE_UNAVAILABLE
+
+# The share of a caller/route pair's signed requests that may miss the replay store's budget in the window.
+STORE_UNAVAILABLE_TOLERANCE = 0.01
+UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class GateReport:
     would_deny: list[Row] = field(default_factory=list)
     public_requests: dict[str, int] = field(default_factory=dict)
     unseen_grants: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     machines: dict[str, dict[str, Any]] = field(default_factory=dict)
     override: str | None = None
 
@@ -66,6 +78,7 @@ class GateReport:
             "would_deny": [row(r) for r in self.would_deny],
             "public_requests": self.public_requests,
             "unseen_grants": self.unseen_grants,
+            "notes": self.notes,
             "machines": self.machines,
         }
 
@@ -82,6 +95,7 @@ class GateReport:
         text.append(f"public (user) requests, counted apart: {public}")
         if self.unseen_grants:
             text.append("granted but never called in the window: " + "; ".join(self.unseen_grants))
+        text.extend(f"note: {note}" for note in self.notes)
         verdict = "PASSED" if self.passed else "REFUSED"
         if self.override and not self.refusals:
             verdict = "PASSED"
@@ -97,6 +111,30 @@ def _granted_routes(services: Mapping[str, Any]) -> list[str]:
         for caller, grants in (spec.get("callers") or {}).items()
         for grant in grants
     )
+
+
+def _judge_store_misses(report: GateReport) -> None:
+    """Each pair's replay-store misses against all its requests in the window: a note under the tolerance,
+    a refusal over it."""
+    totals: dict[tuple[str, str, str], int] = defaultdict(int)
+    for r in report.rows:
+        totals[(r.caller, r.callee, r.route)] += r.count
+    for r in report.rows:
+        if r.decision != UNAVAILABLE:
+            continue
+        total = totals[(r.caller, r.callee, r.route)]
+        share = r.count / total
+        said = (
+            f"{r.caller} -> {r.callee} {r.route}: {r.count} of {total} request(s) ({share:.2%}) found the "
+            "replay store (Redis) slower than the logging phase's budget"
+        )
+        if share > STORE_UNAVAILABLE_TOLERANCE:
+            report.refusals.append(
+                f"{said}, over the {STORE_UNAVAILABLE_TOLERANCE:.0%} tolerated; enforcement answers 503 "
+                "while Redis is away: look at Redis (latency, restarts, the network) first"
+            )
+        else:
+            report.notes.append(f"{said}; tolerated (at most {STORE_UNAVAILABLE_TOLERANCE:.0%})")
 
 
 def decide(
@@ -137,7 +175,8 @@ def decide(
             if row["route_kind"] == "public":
                 public[row["callee"]] += int(row["count"])
                 continue
-            key = (row["caller"], row["callee"], f"{row['method']} {row['path']}", row["decision"])
+            decision = UNAVAILABLE if row["reason"] == REPLAY_STORE_UNAVAILABLE else row["decision"]
+            key = (row["caller"], row["callee"], f"{row['method']} {row['path']}", decision)
             grouped[key]["count"] += int(row["count"])
             if row["decision"] != "allow":
                 grouped[key]["reasons"].add(row["reason"])
@@ -145,12 +184,13 @@ def decide(
         Row(caller, callee, route, decision, value["count"], tuple(sorted(value["reasons"])))
         for (caller, callee, route, decision), value in sorted(grouped.items())
     ]
-    report.would_deny = [r for r in report.rows if r.decision != "allow"]
+    report.would_deny = [r for r in report.rows if r.decision not in ("allow", UNAVAILABLE)]
     for r in report.would_deny:
         report.refusals.append(
             f"{r.caller} -> {r.callee} {r.route}: {r.count} request(s) would be refused "
             f"({', '.join(r.reasons)})"
         )
+    _judge_store_misses(report)
     report.public_requests = dict(public)
     seen = {(r.caller, r.callee) for r in report.rows if r.decision == "allow"}
     report.unseen_grants = [
