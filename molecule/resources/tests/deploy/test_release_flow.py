@@ -94,6 +94,31 @@ def test_a_release_failing_its_health_gate_flips_back_and_says_why(npu: Any) -> 
     assert healthy(npu, 8081)
 
 
+def test_a_service_stopped_by_its_start_limit_is_started_by_the_next_restart(npu: Any) -> None:
+    """A crash loop makes systemd refuse every further start (start-limit-hit) until the failed state is
+    cleared; a rollback (or a phase restore) must still bring the service up. A runtime drop-in lowers the
+    limit to one start a minute, so two restarts reach it whatever the machine's speed, and the playbook's
+    own restarts are held to it too."""
+    before, unit = serving(npu), "autobot-npu-worker.service"
+    dropin = f"/run/systemd/system/{unit}.d/zz-test-start-limit.conf"
+    npu.check_output(f"mkdir -p {dropin.rsplit('/', 1)[0]}")
+    npu.check_output(f"printf '[Unit]\\nStartLimitBurst=1\\nStartLimitIntervalSec=60\\n' > {dropin}")
+    try:
+        npu.check_output("systemctl daemon-reload")
+        npu.run(f"systemctl restart {unit}")
+        assert npu.run(f"systemctl restart {unit}").rc != 0, "the second start within a minute is refused"
+        assert npu.check_output(f"systemctl show -p Result --value {unit}") == "start-limit-hit"
+        back = run_playbook("rollback-services.yml", "-e", "service=npu-worker")
+        assert back.returncode == 0, output(back)[-3000:]
+        assert healthy(npu, 8081)
+        forward = run_playbook("rollback-services.yml", "-e", "service=npu-worker", "-e", f"release={before}")
+        assert forward.returncode == 0, output(forward)[-3000:]
+        assert serving(npu) == before
+    finally:
+        npu.run(f"rm -f {dropin} && systemctl daemon-reload && systemctl reset-failed {unit}")
+        npu.run(f"systemctl start {unit}")
+
+
 def test_a_deploy_stopped_before_the_flip_leaves_the_live_release(npu: Any) -> None:
     before = serving(npu)
     stopped = run_playbook(
