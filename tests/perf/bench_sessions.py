@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import tempfile
@@ -48,8 +49,11 @@ async def run(url: str, workdir: Path, turns: int, repeats: int) -> dict[str, li
         session = await registry.create(owner)
         history = RedisChatHistory(redis, max_messages=64, ttl_s=3600)
         entry = ChatEntry.new("user", "how is the cluster doing today?")
+        seq = itertools.count(1)  # each append ends the transcript one entry further, as a turn does
         calls: dict[str, Callable[[], Awaitable[object]]] = {
-            "history append (baseline)": lambda: history.append(session.session_id, [entry], window=20),
+            "history append (baseline)": lambda: history.append(
+                session.session_id, [entry], last_seq=next(seq), window=20
+            ),
             "ownership check": lambda: registry.owner_of(session.session_id),
             "session-list update": lambda: registry.touch(owner, session.session_id, message="hi", added=2),
         }
