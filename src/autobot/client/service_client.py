@@ -260,6 +260,14 @@ class ServiceClient:
                     raise
         raise AssertionError("unreachable: the second send returns or raises")  # pragma: no cover
 
+    def _retrying(self, on: tuple[type[Exception], ...], attempts: int) -> AsyncIterator[stamina.Attempt]:
+        """The one retry policy of both call shapes: `attempts` tries, this client's backoff, no overall
+        deadline (each try has the client's timeout)."""
+        initial, maximum, jitter = self._backoff
+        return stamina.retry_context(
+            on=on, attempts=attempts, timeout=None, wait_initial=initial, wait_max=maximum, wait_jitter=jitter
+        )
+
     async def request(
         self,
         target: str,
@@ -275,16 +283,8 @@ class ServiceClient:
         client, query = self._checked_call(target, path, params, headers)
         where = f"{method} {target}{path}"
         attempts = 1 + (self._retries if method in IDEMPOTENT_METHODS else 0)
-        initial, maximum, jitter = self._backoff
         try:
-            async for attempt in stamina.retry_context(
-                on=(*_RETRYABLE_ERRORS, _RetryableStatus),
-                attempts=attempts,
-                timeout=None,
-                wait_initial=initial,
-                wait_max=maximum,
-                wait_jitter=jitter,
-            ):
+            async for attempt in self._retrying((*_RETRYABLE_ERRORS, _RetryableStatus), attempts):
                 with attempt:
                     response = await self._send(
                         client,
@@ -321,17 +321,9 @@ class ServiceClient:
         method = method.upper()
         client, query = self._checked_call(target, path, params, headers)
         where = f"{method} {target}{path}"
-        initial, maximum, jitter = self._backoff
         made = 0
         try:
-            async for attempt in stamina.retry_context(
-                on=_NOT_SENT_ERRORS,
-                attempts=1 + self._retries,
-                timeout=None,
-                wait_initial=initial,
-                wait_max=maximum,
-                wait_jitter=jitter,
-            ):
+            async for attempt in self._retrying(_NOT_SENT_ERRORS, 1 + self._retries):
                 with attempt:
                     made = attempt.num
                     response = await self._send(
